@@ -1,0 +1,23 @@
+"""minisd: Stable Diffusion written from scratch, to read, step through and check against the reference.
+
+Three models and a loop:
+
+    prompt --tokenizer.py--> ids --clip.py--> (B, 77, 768) ─┐
+    noise (B, 4, 64, 64) --[unet.py + schedulers.py] x N steps--> latent --vae.py--> image (B, 3, 512, 512)
+
+``checkpoints.py`` is the one place that knows how the public weights are laid out.
+"""
+
+from .checkpoints import CheckpointError
+from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
+from .tokenizer import CLIPTokenizer, load_tokenizer
+
+__all__ = [
+    "CLIPTextConfig",
+    "CLIPTextModel",
+    "CLIPTokenizer",
+    "CheckpointError",
+    "load_text_encoder",
+    "load_tokenizer",
+]
+__version__ = "0.1.0"

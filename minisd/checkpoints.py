@@ -1,0 +1,246 @@
+"""The one place that knows where Stable Diffusion's weights live in the public checkpoint layouts.
+
+Two layouts are published:
+
+* **diffusers folder** — one subfolder per component (``text_encoder/``, ``unet/``, ``vae/``, ...), each with a
+  ``config.json`` and a weights file. minisd's modules carry the same names, so these load unchanged.
+* **CompVis single file** — the original training code's ``.ckpt`` (a pickle) or ``.safetensors``: all three
+  networks in one flat dict, under a prefix per network and, for the UNet and the VAE, under the original
+  code's module names. Each component's ``from_compvis`` rule set below renames them to the diffusers names.
+
+Everything a real file holds besides the networks (noise-schedule buffers, optimizer state, ``global_step``)
+is ignored. Pickles are only read with ``torch.load(weights_only=True)``, which cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: the message says what was wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs: small dataclasses read from a diffusers/transformers config.json
+# ---------------------------------------------------------------------------------------------------------
+
+
+class JsonConfig:
+    """Mixin for the model configs: ``from_dict`` keeps the fields the dataclass knows."""
+
+    # config.json entries that describe the file, not the network; subclasses may add their own.
+    IGNORED: frozenset[str] = frozenset()
+    STRICT = False  # True: an entry that is neither a field nor in IGNORED is an error
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if cls.STRICT:
+            unknown = sorted(k for k in data if k not in known and k not in cls.IGNORED and not k.startswith("_"))
+            if unknown:
+                raise CheckpointError(
+                    f"{cls.__name__}: config entries minisd does not implement: {', '.join(unknown)}. "
+                    "This model is not one of the Stable Diffusion family minisd supports."
+                )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing: a diffusers component folder needs its config.json")
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}); re-download the model folder") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading a weights file
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_weights(path: str | Path) -> StateDict:
+    """All tensors of a ``.safetensors`` file or a pickled checkpoint (read with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; check the path to the weights")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download it") from e
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unknown weights format {path.suffix!r}; use .safetensors (preferred) or .ckpt/.pt/.bin"
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors, which minisd will not unpickle (it could run code). "
+            "Convert it to .safetensors, or use the .safetensors release of the model."
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e}); re-download it") from e
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):  # Lightning: {"state_dict": ...}
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a dict of tensors; it is not a model checkpoint")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where each component lives
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where one component's weights are in each public layout."""
+
+    folder: str  # diffusers subfolder
+    files: tuple[str, ...]  # weights files in that subfolder, in order of preference
+    compvis_prefix: str  # prefix of this network's keys in a CompVis single file
+
+
+LAYOUTS = {
+    "text_encoder": Layout("text_encoder", ("model.safetensors", "pytorch_model.bin"), "cond_stage_model.transformer."),
+    "unet": Layout(
+        "unet", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "model.diffusion_model."
+    ),
+    "vae": Layout("vae", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "first_stage_model."),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Renaming rules, one set per component
+# ---------------------------------------------------------------------------------------------------------
+
+
+def text_encoder_from_diffusers(state: StateDict) -> StateDict:
+    """transformers < 5 saved keys as ``text_model.*`` (the public SD folders); 5.x saves them bare.
+
+    ``position_ids`` (stored by old versions, sometimes as floats) is dropped: minisd rebuilds it.
+    """
+    return {
+        (k if k.startswith("text_model.") else "text_model." + k): v
+        for k, v in state.items()
+        if not k.endswith("position_ids")
+    }
+
+
+def text_encoder_from_compvis(state: StateDict, config) -> StateDict:
+    """CompVis wraps a transformers CLIPTextModel, so past the prefix the names already agree."""
+    return text_encoder_from_diffusers(state)
+
+
+FROM_DIFFUSERS: dict[str, Callable[[StateDict], StateDict]] = {"text_encoder": text_encoder_from_diffusers}
+FROM_COMPVIS: dict[str, Callable[[StateDict, Any], StateDict]] = {"text_encoder": text_encoder_from_compvis}
+
+
+def component_folder(path: Path, name: str) -> Path | None:
+    """The diffusers folder of component ``name`` under ``path`` (a model folder or the subfolder itself)."""
+    sub = path / LAYOUTS[name].folder
+    if sub.is_dir():
+        return sub
+    if (path / "config.json").is_file() and any((path / f).is_file() for f in LAYOUTS[name].files):
+        return path
+    return None
+
+
+def strip_prefix(state: StateDict, prefix: str) -> StateDict:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_component(
+    name: str,
+    path: str | Path,
+    model_cls: type[nn.Module],
+    config_cls: type,
+    config=None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    state_filter: Callable[[StateDict], StateDict] | None = None,
+) -> nn.Module:
+    """Build component ``name`` and fill it from a diffusers folder or a CompVis single file.
+
+    ``config`` overrides the folder's ``config.json``; for a single file it defaults to SD1.x (the config
+    class's defaults). ``state_filter`` picks among alternatives a single file may hold (the UNet's EMA).
+    """
+    path = Path(path)
+    layout = LAYOUTS[name]
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: {path} does not exist; give a diffusers model folder or a single file")
+    if path.is_dir():
+        folder = component_folder(path, name)
+        if folder is None:
+            raise CheckpointError(
+                f"{name}: {path} is neither a diffusers model folder (with {layout.folder}/) nor a "
+                f"{layout.folder} folder (config.json + {layout.files[0]})"
+            )
+        if config is None:
+            config = config_cls.from_json(folder / "config.json")
+        file = next((folder / f for f in layout.files if (folder / f).is_file()), None)
+        if file is None:
+            raise CheckpointError(f"{name}: no weights in {folder}; expected one of {', '.join(layout.files)}")
+        state = read_weights(file)
+        state = FROM_DIFFUSERS.get(name, lambda s: s)(state)
+        source = str(file)
+    else:
+        config = config_cls() if config is None else config
+        state = read_weights(path)
+        if state_filter is not None:
+            state = state_filter(state)
+        state = strip_prefix(state, layout.compvis_prefix)
+        if not state:
+            raise CheckpointError(
+                f"{name}: {path} has no {layout.compvis_prefix}* tensors; it is not a CompVis Stable Diffusion "
+                "checkpoint (or holds another component only)"
+            )
+        state = FROM_COMPVIS[name](state, config)
+        source = str(path)
+    with torch.device("meta"):
+        model = model_cls(config)
+    check_keys(name, source, model, state)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def check_keys(name: str, source: str, model: nn.Module, state: StateDict, show: int = 5) -> None:
+    """Raise one CheckpointError naming the first missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - show} more)" if len(keys) > show else ""
+            problems.append(f"{label}: {', '.join(keys[:show])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{name}: {source} does not fit the model's config — " + "; ".join(problems) + ". Check that this is "
+            "a Stable Diffusion checkpoint of the family and version you meant, or pass the matching config."
+        )
