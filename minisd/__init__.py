@@ -11,13 +11,17 @@ Three models and a loop:
 from .checkpoints import CheckpointError
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
 from .tokenizer import CLIPTokenizer, load_tokenizer
+from .unet import UNet2DConditionModel, UNetConfig, load_unet
 
 __all__ = [
     "CLIPTextConfig",
     "CLIPTextModel",
     "CLIPTokenizer",
     "CheckpointError",
+    "UNet2DConditionModel",
+    "UNetConfig",
     "load_text_encoder",
     "load_tokenizer",
+    "load_unet",
 ]
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -40,21 +40,33 @@ class CheckpointError(ValueError):
 
 
 class JsonConfig:
-    """Mixin for the model configs: ``from_dict`` keeps the fields the dataclass knows."""
+    """Mixin for the model configs: ``from_dict`` keeps the fields the dataclass knows.
 
-    # config.json entries that describe the file, not the network; subclasses may add their own.
-    IGNORED: frozenset[str] = frozenset()
-    STRICT = False  # True: an entry that is neither a field nor in IGNORED is an error
+    With ``STRICT``, every other entry must be in ``IGNORED`` (no effect on the network) or in ``FIXED`` at the
+    one value minisd implements; anything else is an error rather than silently building another network.
+    """
+
+    IGNORED: ClassVar[frozenset[str]] = frozenset()
+    FIXED: ClassVar[dict[str, Any]] = {}
+    STRICT: ClassVar[bool] = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         if cls.STRICT:
-            unknown = sorted(k for k in data if k not in known and k not in cls.IGNORED and not k.startswith("_"))
-            if unknown:
+            unknown = sorted(
+                k for k in data if k not in known | cls.IGNORED | cls.FIXED.keys() and not k.startswith("_")
+            )
+            unsupported = [
+                f"{k}={data[k]!r} (minisd implements {v!r})"
+                for k, v in cls.FIXED.items()
+                if k in data and not _same_value(data[k], v)
+            ]
+            if unknown or unsupported:
                 raise CheckpointError(
-                    f"{cls.__name__}: config entries minisd does not implement: {', '.join(unknown)}. "
-                    "This model is not one of the Stable Diffusion family minisd supports."
+                    f"{cls.__name__}: this config asks for what minisd does not implement: "
+                    + "; ".join([*(f"unknown entry {k!r}" for k in unknown), *unsupported])
+                    + ". It is not a network of the Stable Diffusion family minisd supports."
                 )
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -70,6 +82,13 @@ class JsonConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _same_value(value, expected) -> bool:
+    """Equal, or a per-level list of that one value (``only_cross_attention: [false, false, ...]``)."""
+    if isinstance(value, list) and not isinstance(expected, list):
+        return all(v == expected for v in value)
+    return value == expected
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -152,8 +171,105 @@ def text_encoder_from_compvis(state: StateDict, config) -> StateDict:
     return text_encoder_from_diffusers(state)
 
 
+# The UNet. CompVis numbers its blocks in one flat list per half (input_blocks.0..11, output_blocks.0..11);
+# diffusers groups them by level. With L = layers_per_block, encoder level i holds input blocks
+# 1 + i(L+1) + j (j < L: a ResNet at .0, its transformer at .1) and its downsampler at (i+1)(L+1); decoder
+# level i holds output blocks i(L+1) + j (j ≤ L), its upsampler in the last of them, after the transformer.
+RESNET_RENAMES = [
+    ("in_layers.0.", "norm1."),
+    ("in_layers.2.", "conv1."),
+    ("emb_layers.1.", "time_emb_proj."),
+    ("out_layers.0.", "norm2."),
+    ("out_layers.3.", "conv2."),
+    ("skip_connection.", "conv_shortcut."),
+]
+
+
+def unet_prefixes(cfg) -> list[tuple[str, str]]:
+    """(CompVis prefix, diffusers prefix) for every block of a UNet with config ``cfg``."""
+    L, n = cfg.layers_per_block, len(cfg.block_out_channels)
+    pairs = [
+        ("time_embed.0.", "time_embedding.linear_1."),
+        ("time_embed.2.", "time_embedding.linear_2."),
+        ("input_blocks.0.0.", "conv_in."),
+        ("middle_block.0.", "mid_block.resnets.0."),
+        ("middle_block.1.", "mid_block.attentions.0."),
+        ("middle_block.2.", "mid_block.resnets.1."),
+        ("out.0.", "conv_norm_out."),
+        ("out.2.", "conv_out."),
+    ]
+    for i, kind in enumerate(cfg.down_block_types):
+        for j in range(L):
+            k = 1 + i * (L + 1) + j
+            pairs.append((f"input_blocks.{k}.0.", f"down_blocks.{i}.resnets.{j}."))
+            if kind.startswith("CrossAttn"):
+                pairs.append((f"input_blocks.{k}.1.", f"down_blocks.{i}.attentions.{j}."))
+        if i < n - 1:
+            pairs.append((f"input_blocks.{(i + 1) * (L + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+    for i, kind in enumerate(cfg.up_block_types):
+        attn = kind.startswith("CrossAttn")
+        for j in range(L + 1):
+            k = i * (L + 1) + j
+            pairs.append((f"output_blocks.{k}.0.", f"up_blocks.{i}.resnets.{j}."))
+            if attn:
+                pairs.append((f"output_blocks.{k}.1.", f"up_blocks.{i}.attentions.{j}."))
+        if i < n - 1:
+            pairs.append(
+                (f"output_blocks.{i * (L + 1) + L}.{2 if attn else 1}.conv.", f"up_blocks.{i}.upsamplers.0.conv.")
+            )
+    return pairs
+
+
+def rename(key: str, prefixes: list[tuple[str, str]], inner: list[tuple[str, str]]) -> str:
+    """Replace the longest matching prefix; inside a ResNet block also rename its layers (``inner``)."""
+    for old, new in sorted(prefixes, key=lambda p: -len(p[0])):
+        if key.startswith(old):
+            rest = key[len(old) :]
+            if ".resnets." in new or ".resnets." in old:
+                rest = next((n + rest[len(o) :] for o, n in inner if rest.startswith(o)), rest)
+            return new + rest
+    return key
+
+
+def unet_from_compvis(state: StateDict, cfg) -> StateDict:
+    prefixes = unet_prefixes(cfg)
+    return {rename(k, prefixes, RESNET_RENAMES): v for k, v in state.items()}
+
+
+def unet_to_compvis(state: StateDict, cfg) -> StateDict:
+    """The inverse, with the ``model.diffusion_model.`` prefix: what a CompVis file would hold."""
+    prefixes = [(new, old) for old, new in unet_prefixes(cfg)]
+    inner = [(new, old) for old, new in RESNET_RENAMES]
+    return {LAYOUTS["unet"].compvis_prefix + rename(k, prefixes, inner): v for k, v in state.items()}
+
+
+def select_unet_weights(state: StateDict, ema: bool | None) -> StateDict:
+    """Put a single file's EMA UNet weights in place of the trained ones (``ema`` True, or None and present).
+
+    CompVis stores the EMA copy under ``model_ema.`` with the dots of the module path removed:
+    ``model.diffusion_model.out.0.weight`` -> ``model_ema.diffusion_modelout0weight``.
+    """
+    prefix = LAYOUTS["unet"].compvis_prefix
+    has_ema = any(k.startswith("model_ema.") for k in state)
+    if ema is False or (ema is None and not has_ema):
+        return state
+    if not has_ema:
+        raise CheckpointError("unet: ema=True but this file holds no EMA weights (no model_ema.* keys)")
+    out = dict(state)
+    for key in state:
+        if key.startswith(prefix):
+            ema_key = "model_ema." + key[len("model.") :].replace(".", "")
+            if ema_key not in state:
+                raise CheckpointError(f"unet: the file's EMA weights are incomplete: {ema_key} is missing")
+            out[key] = state[ema_key]
+    return out
+
+
 FROM_DIFFUSERS: dict[str, Callable[[StateDict], StateDict]] = {"text_encoder": text_encoder_from_diffusers}
-FROM_COMPVIS: dict[str, Callable[[StateDict, Any], StateDict]] = {"text_encoder": text_encoder_from_compvis}
+FROM_COMPVIS: dict[str, Callable[[StateDict, Any], StateDict]] = {
+    "text_encoder": text_encoder_from_compvis,
+    "unet": unet_from_compvis,
+}
 
 
 def component_folder(path: Path, name: str) -> Path | None:
