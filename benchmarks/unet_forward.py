@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from measure import peak_memory_mib
 
 
 def build(impl: str, device: str, dtype: torch.dtype):
@@ -67,31 +66,7 @@ def peak_memory(args) -> None:
     dtype = getattr(torch, args.dtype)
     model = build(args.impl, args.device, dtype)
     x, t, c = inputs(args, args.device, dtype)
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        forward(model, args.impl, x, t, c)
-        sync(args.device)
-        print(json.dumps((torch.cuda.max_memory_allocated() - base) / 2**20))
-    else:  # sample the resident set every 2 ms: ru_maxrss would still hold the peak of loading the weights
-        page, peak, done = os.sysconf("SC_PAGE_SIZE"), [0], threading.Event()
-
-        def rss() -> int:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * page
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss())
-                time.sleep(0.002)
-
-        base = rss()
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        forward(model, args.impl, x, t, c)
-        done.set()
-        sampler.join()
-        print(json.dumps((peak[0] - base) / 2**20))
+    print(json.dumps(peak_memory_mib(lambda: forward(model, args.impl, x, t, c), args.device)))
 
 
 def main() -> None:

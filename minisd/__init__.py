@@ -12,16 +12,20 @@ from .checkpoints import CheckpointError
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
 from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
+from .vae import AutoencoderKL, VAEConfig, load_vae
 
 __all__ = [
+    "AutoencoderKL",
     "CLIPTextConfig",
     "CLIPTextModel",
     "CLIPTokenizer",
     "CheckpointError",
     "UNet2DConditionModel",
     "UNetConfig",
+    "VAEConfig",
     "load_text_encoder",
     "load_tokenizer",
     "load_unet",
+    "load_vae",
 ]
 __version__ = "0.1.0"

@@ -221,12 +221,11 @@ def unet_prefixes(cfg) -> list[tuple[str, str]]:
 
 
 def rename(key: str, prefixes: list[tuple[str, str]], inner: list[tuple[str, str]]) -> str:
-    """Replace the longest matching prefix; inside a ResNet block also rename its layers (``inner``)."""
+    """Replace the longest matching block prefix, then the layer name inside the block (``inner``)."""
     for old, new in sorted(prefixes, key=lambda p: -len(p[0])):
         if key.startswith(old):
             rest = key[len(old) :]
-            if ".resnets." in new or ".resnets." in old:
-                rest = next((n + rest[len(o) :] for o, n in inner if rest.startswith(o)), rest)
+            rest = next((n + rest[len(o) :] for o, n in inner if rest.startswith(o)), rest)
             return new + rest
     return key
 
@@ -265,10 +264,80 @@ def select_unet_weights(state: StateDict, ema: bool | None) -> StateDict:
     return out
 
 
-FROM_DIFFUSERS: dict[str, Callable[[StateDict], StateDict]] = {"text_encoder": text_encoder_from_diffusers}
+# The VAE. CompVis: encoder.down.i.block.j, a mid block of block_1/attn_1/block_2, decoder.up.i numbered
+# from the smallest size up (diffusers numbers the decoder's up_blocks in the order they run: reversed).
+# Its attention projections are 1×1 convs, (C, C, 1, 1); diffusers' are linear layers, (C, C).
+VAE_RENAMES = [
+    ("nin_shortcut.", "conv_shortcut."),
+    ("norm.", "group_norm."),
+    ("q.", "to_q."),
+    ("k.", "to_k."),
+    ("v.", "to_v."),
+    ("proj_out.", "to_out.0."),
+]
+
+
+def vae_prefixes(cfg) -> list[tuple[str, str]]:
+    """(CompVis prefix, diffusers prefix) for every block of a VAE with config ``cfg``."""
+    n = len(cfg.block_out_channels)
+    pairs = [("quant_conv.", "quant_conv."), ("post_quant_conv.", "post_quant_conv.")]
+    for part in ("encoder", "decoder"):
+        pairs += [
+            (f"{part}.conv_in.", f"{part}.conv_in."),
+            (f"{part}.mid.block_1.", f"{part}.mid_block.resnets.0."),
+            (f"{part}.mid.attn_1.", f"{part}.mid_block.attentions.0."),
+            (f"{part}.mid.block_2.", f"{part}.mid_block.resnets.1."),
+            (f"{part}.norm_out.", f"{part}.conv_norm_out."),
+            (f"{part}.conv_out.", f"{part}.conv_out."),
+        ]
+    for i in range(n):
+        for j in range(cfg.layers_per_block):
+            pairs.append((f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}."))
+        for j in range(cfg.layers_per_block + 1):
+            pairs.append((f"decoder.up.{n - 1 - i}.block.{j}.", f"decoder.up_blocks.{i}.resnets.{j}."))
+        if i < n - 1:
+            pairs.append((f"encoder.down.{i}.downsample.conv.", f"encoder.down_blocks.{i}.downsamplers.0.conv."))
+            pairs.append((f"decoder.up.{n - 1 - i}.upsample.conv.", f"decoder.up_blocks.{i}.upsamplers.0.conv."))
+    return pairs
+
+
+def is_vae_attention_weight(key: str) -> bool:
+    return ".attentions." in key and key.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
+
+
+def vae_from_compvis(state: StateDict, cfg) -> StateDict:
+    prefixes = vae_prefixes(cfg)
+    out = {rename(k, prefixes, VAE_RENAMES): v for k, v in state.items()}
+    return {k: v.flatten(1) if is_vae_attention_weight(k) and v.ndim == 4 else v for k, v in out.items()}
+
+
+def vae_to_compvis(state: StateDict, cfg) -> StateDict:
+    """The inverse, with the ``first_stage_model.`` prefix: what a CompVis file would hold."""
+    prefixes = [(new, old) for old, new in vae_prefixes(cfg)]
+    inner = [(new, old) for old, new in VAE_RENAMES]
+    state = {k: v[:, :, None, None] if is_vae_attention_weight(k) else v for k, v in state.items()}
+    return {LAYOUTS["vae"].compvis_prefix + rename(k, prefixes, inner): v for k, v in state.items()}
+
+
+def vae_from_diffusers(state: StateDict) -> StateDict:
+    """diffusers < 0.14 named the VAE's attention layers query/key/value/proj_attn."""
+    legacy = [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")]
+    out = {}
+    for k, v in state.items():
+        for old, new in legacy:
+            k = k.replace(old, new)
+        out[k] = v
+    return out
+
+
+FROM_DIFFUSERS: dict[str, Callable[[StateDict], StateDict]] = {
+    "text_encoder": text_encoder_from_diffusers,
+    "vae": vae_from_diffusers,
+}
 FROM_COMPVIS: dict[str, Callable[[StateDict, Any], StateDict]] = {
     "text_encoder": text_encoder_from_compvis,
     "unet": unet_from_compvis,
+    "vae": vae_from_compvis,
 }
 
 

@@ -1,0 +1,245 @@
+"""The VAE: pixels ↔ latents. The decoder paints the picture once at the end; the encoder starts img2img.
+
+Stable Diffusion denoises in the latent space of a KL-regularised autoencoder (Rombach et al. 2022, §3):
+a 512×512×3 picture becomes a 64×64×4 latent, 48 times fewer numbers. The encoder halves the size three
+times through ResNet blocks, a single-head self-attention block works at the smallest size, and a 1×1
+conv gives the mean and log-variance of a diagonal Gaussian q(z|x) (Kingma & Welling 2014, §2.4). The
+decoder mirrors it, up-sampling by nearest neighbour + conv.
+
+**Latent scaling, in one place.** ``encode`` and ``decode`` work on the autoencoder's own latents. The UNet
+was trained on latents multiplied by ``scaling_factor`` (0.18215 for SD1.x, chosen so that they have about
+unit variance). The two methods ``scale_latents`` (VAE → UNet) and ``unscale_latents`` (UNet → VAE) are the
+only places minisd applies it.
+
+Module names follow ``diffusers.AutoencoderKL``; ``checkpoints.py`` maps the CompVis names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .checkpoints import JsonConfig, load_component
+from .unet import Attention, ResnetBlock2D, Upsample2D
+
+EPS = 1e-6  # every GroupNorm of the VAE
+
+
+@dataclass
+class VAEConfig(JsonConfig):
+    """A diffusers ``vae/config.json``. The defaults are SD1.x's VAE (84M parameters)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    sample_size: int = 512
+    scaling_factor: float = 0.18215
+    force_upcast: bool = True  # decode in fp32 when the model is fp16: SD's VAE overflows fp16
+    down_block_types: list[str] = field(default_factory=lambda: ["DownEncoderBlock2D"] * 4)
+    up_block_types: list[str] = field(default_factory=lambda: ["UpDecoderBlock2D"] * 4)
+
+    FIXED: ClassVar[dict[str, Any]] = {
+        "act_fn": "silu",
+        "shift_factor": None,
+        "latents_mean": None,
+        "latents_std": None,
+        "use_quant_conv": True,
+        "use_post_quant_conv": True,
+        "mid_block_add_attention": True,
+    }
+    STRICT: ClassVar[bool] = True
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        self.block_out_channels = list(self.block_out_channels)
+        self.down_block_types, self.up_block_types = list(self.down_block_types), list(self.up_block_types)
+        if self.down_block_types != ["DownEncoderBlock2D"] * n or self.up_block_types != ["UpDecoderBlock2D"] * n:
+            raise ValueError(f"vae config: expected {n} DownEncoderBlock2D and {n} UpDecoderBlock2D blocks")
+
+
+class SpatialSelfAttention(Attention):
+    """Single-head self-attention over the pixels of a (B, C, H, W) map, with a GroupNorm and a residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__(channels, heads=1, head_dim=channels, bias=True)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        tokens = rearrange(self.group_norm(x), "b c h w -> b (h w) c")  # (B, HW, C)
+        return x + rearrange(super().forward(tokens), "b (h w) c -> b c h w", h=h, w=w)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)])
+        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnets[1](self.attentions[0](self.resnets[0](x)))
+
+
+class Downsample(nn.Module):
+    """Halve H and W: pad one row and column at the bottom/right only (SD's asymmetric padding), conv stride 2."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, n: int, groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(ResnetBlock2D(cin if i == 0 else cout, cout, None, groups, EPS) for i in range(n))
+        self.downsamplers = nn.ModuleList([Downsample(cout)]) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return self.downsamplers[0](x) if self.downsamplers else x
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, n: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(ResnetBlock2D(cin if i == 0 else cout, cout, None, groups, EPS) for i in range(n))
+        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return self.upsamplers[0](x) if self.upsamplers else x
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) -> (B, 2·latent, H/8, W/8): mean and log-variance, stacked on the channels."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, g, n = cfg.block_out_channels, cfg.norm_num_groups, len(cfg.block_out_channels)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(
+            EncoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, i < n - 1) for i in range(n)
+        )
+        self.mid_block = MidBlock(ch[-1], g)
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=EPS)
+        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class Decoder(nn.Module):
+    """(B, latent, h, w) -> (B, 3, 8h, 8w)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, g, n = cfg.block_out_channels[::-1], cfg.norm_num_groups, len(cfg.block_out_channels)
+        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        self.mid_block = MidBlock(ch[0], g)
+        self.up_blocks = nn.ModuleList(
+            DecoderBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, i < n - 1) for i in range(n)
+        )
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=EPS)
+        self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class DiagonalGaussian:
+    """q(z|x) = N(mean, diag(exp(logvar))). The log-variance is clamped to [−30, 20] as SD does."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)  # (B, latent, h, w) each
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mean + std·n, n ~ N(0, I) drawn on the generator's device (the reparameterisation trick)."""
+        device = generator.device if generator is not None else self.mean.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise.to(self.mean.device)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+class AutoencoderKL(nn.Module):
+    """``vae.encode(images)`` -> DiagonalGaussian; ``vae.decode(latents)`` -> images in [−1, 1]."""
+
+    def __init__(self, config: VAEConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or VAEConfig()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = nn.Conv2d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.post_quant_conv.weight.dtype
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.config.scaling_factor
+
+    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latent -> what the UNet sees (× scaling_factor)."""
+        return z * self.config.scaling_factor
+
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """What the UNet produced -> VAE latent (÷ scaling_factor)."""
+        return z / self.config.scaling_factor
+
+    def encode(self, images: torch.Tensor) -> DiagonalGaussian:
+        """(B, 3, H, W) in [−1, 1], H and W divisible by 8 -> q(z|x) over (B, 4, H/8, W/8) latents."""
+        return DiagonalGaussian(self.quant_conv(self.encoder(images.to(self.dtype))))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) unscaled latents -> (B, 3, 8h, 8w) images, about [−1, 1] (not clamped).
+
+        An fp16 model with ``force_upcast`` decodes in fp32 (SD's VAE decoder overflows fp16's range of
+        ±65504 in its last blocks and returns inf/NaN) and returns fp16 images.
+        """
+        if self.dtype == torch.float16 and self.config.force_upcast:
+            self.float()
+            try:
+                return self.decode(z.float()).half()
+            finally:
+                self.half()
+        return self.decoder(self.post_quant_conv(z.to(self.dtype)))
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encode, sample, decode: a round trip through latent space."""
+        return self.decode(self.encode(images).sample(generator))
+
+
+def load_vae(
+    path: str | Path,
+    config: VAEConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> AutoencoderKL:
+    """The VAE from a diffusers model folder (``vae/``) or a CompVis single file (SD1.x config assumed)."""
+    return load_component("vae", path, AutoencoderKL, VAEConfig, config, dtype, device)
