@@ -95,24 +95,29 @@ class CLIPTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> CLIPTokenizer:
-        """Build from a diffusers/transformers ``tokenizer/`` folder (``vocab.json`` + ``merges.txt``).
+        """Build from a diffusers/transformers ``tokenizer/`` folder.
 
-        The pad token is read from ``tokenizer_config.json`` or ``special_tokens_map.json`` when present
+        The public SD folders hold ``vocab.json`` + ``merges.txt``; transformers ≥ 5 saves ``tokenizer.json``
+        alone. The pad token is read from ``tokenizer_config.json`` or ``special_tokens_map.json`` when present
         (SD2.x pads with ``!``, id 0).
         """
         folder = Path(folder)
-        for name in ("vocab.json", "merges.txt"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(
-                    f"tokenizer: {folder / name} is missing; a tokenizer folder needs vocab.json and merges.txt"
-                )
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
-        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+            merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        elif (folder / "tokenizer.json").is_file():
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+            vocab = model["vocab"]
+            merges = [tuple(m.split() if isinstance(m, str) else m) for m in model["merges"]]
+        else:
+            raise FileNotFoundError(
+                f"tokenizer: {folder} has no vocab.json + merges.txt (nor tokenizer.json); is it a tokenizer folder?"
+            )
         pad_token = None
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (folder / name).is_file():
-                pad_token = json.loads((folder / name).read_text(encoding="utf-8")).get("pad_token", pad_token)
+                pad_token = json.loads((folder / name).read_text(encoding="utf-8")).get("pad_token")
                 if isinstance(pad_token, dict):  # {"content": "!", ...} in special_tokens_map.json
                     pad_token = pad_token["content"]
                 if pad_token is not None:

@@ -116,7 +116,7 @@ def test_folder_and_single_file_sources(tok, shipped_vocab_folder, tmp_path):
 
 
 def test_missing_tokenizer_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"vocab\.json"):
+    with pytest.raises(FileNotFoundError, match=r"no vocab\.json \+ merges\.txt"):
         CLIPTokenizer.from_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         minisd.load_tokenizer(tmp_path / "nowhere")
