@@ -1,16 +1,37 @@
-"""The ``minisd`` command line. User mistakes end in one line on stderr and a non-zero exit code."""
+"""The ``minisd`` command line: generate, img2img, inspect, demo.
+
+A user mistake (a bad flag, a missing file, a size not divisible by 8, an unknown scheduler, a checkpoint
+that does not fit) ends in one line on stderr and exit code 2, with no traceback and no output file.
+Pictures are written atomically: to a temporary file beside the target, renamed when complete.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, describe
+from .schedulers import SCHEDULERS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported in one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors become one line (its default prints the usage too)."""
+
+    def error(self, message: str):
+        raise UserError(message)
 
 
 def find_weights() -> Path | None:
@@ -23,49 +44,200 @@ def find_weights() -> Path | None:
     return None
 
 
-def demo(args: argparse.Namespace) -> None:
-    """Text understanding, the first third of Stable Diffusion: prompt -> tokens -> 77 vectors."""
-    from .clip import CLIPTextModel, load_text_encoder
-    from .tokenizer import load_tokenizer
+def save_atomically(image: Image.Image, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: no half-written picture is ever left."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
-    weights = Path(args.weights) if args.weights else find_weights()
-    tok = load_tokenizer(weights)
-    ids = tok([args.prompt])  # (1, 77)
-    n = len(tok.encode(args.prompt))
-    print(f"prompt: {args.prompt!r}")
-    print(f"tokens ({n} of 77, then padding): {[tok.decode([i], False) for i in ids[0, :n].tolist()]}")
-    print(f"ids: {ids[0, :n].tolist()}")
-    if weights is None:
-        torch.manual_seed(0)
-        encoder, source = CLIPTextModel(), "an SD1.x-shaped text encoder with random weights (no model in weights/)"
-    else:
-        encoder, source = load_text_encoder(weights), str(weights)
-    with torch.no_grad():
-        emb = encoder(ids)  # (1, 77, 768)
-    print(f"text encoder: {source}")
-    print(f"embedding: shape {tuple(emb.shape)}, mean {emb.mean():.4f}, std {emb.std():.4f}")
-    print(f"first token's first 6 numbers: {[round(x, 4) for x in emb[0, 0, :6].tolist()]}")
+
+def output_paths(out: str, n: int) -> list[Path]:
+    path = Path(out)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UserError(f"--out {out}: give a .png (or .jpg/.webp) file name")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {out}: folder {path.parent} does not exist")
+    return [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    for name in ("height", "width"):
+        size = getattr(args, name, None)
+        if size is not None and (size <= 0 or size % 8):
+            raise UserError(f"--{name} {size} is not a positive multiple of 8 (the VAE's factor); try {size // 8 * 8}")
+    if args.steps < 1:
+        raise UserError(f"--steps {args.steps}: need at least 1")
+    if args.num_images < 1:
+        raise UserError(f"--num-images {args.num_images}: need at least 1")
+
+
+def open_pipeline(args: argparse.Namespace):
+    from .pipeline import load_pipeline
+
+    weights = args.weights or find_weights()
+    return load_pipeline(weights, device=args.device, dtype=DTYPES[args.dtype], config=args.config)
+
+
+def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> None:
+    for image, path in zip(result.images, paths, strict=True):
+        save_atomically(image, path)
+        print(path)
+    if trace_dir:
+        folder = Path(trace_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_atomically(trace_grid(result.trace, pipe), folder / "trace.png")
+        print(folder / "trace.png")
+
+
+def trace_grid(trace, pipe, cell: int = 128, columns: int = 10) -> Image.Image:
+    """Each step as a pair of thumbnails, x_t (first three latent channels as RGB) above the decoded
+    predicted x0; ``columns`` steps to a row, in order."""
+    F = torch.nn.functional
+    pairs = []
+    for step in trace:
+        x0 = pipe.decode(step.pred_x0[:1].to(pipe.device, pipe.dtype)).cpu()  # (1, 3, H, W) in [0, 1]
+        lat = step.x_t[:1, :3].float()
+        lat = (lat - lat.min()) / (lat.max() - lat.min() + 1e-8)  # stretched to [0, 1]
+        size = (cell, round(cell * x0.shape[-1] / x0.shape[-2]))
+        x0 = F.interpolate(x0, size=size, mode="bilinear", antialias=True)
+        lat = F.interpolate(lat, size=size, mode="nearest")
+        pairs.append(torch.cat([lat, x0], dim=-2)[0])  # (3, 2·cell, w)
+    pairs += [torch.ones_like(pairs[0])] * (-len(pairs) % columns)  # pad the last row with white
+    rows = [torch.cat(pairs[i : i + columns], dim=-1) for i in range(0, len(pairs), columns)]
+    return pipe.to_pil(torch.cat(rows, dim=-2)[None].clamp(0, 1))[0]
+
+
+def generate(args: argparse.Namespace) -> None:
+    check_sizes(args)
+    paths = output_paths(args.out, args.num_images)
+    pipe = open_pipeline(args)
+    result = pipe.text_to_image(
+        args.prompt,
+        negative_prompt=args.negative,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        eta=args.eta,
+        num_images=args.num_images,
+        trace=bool(args.trace),
+    )
+    write_results(result, paths, args.trace, pipe)
+
+
+def img2img(args: argparse.Namespace) -> None:
+    check_sizes(args)
+    paths = output_paths(args.out, args.num_images)
+    if not 0 <= args.strength <= 1:
+        raise UserError(f"--strength {args.strength}: give a number from 0 to 1")
+    try:
+        image = Image.open(args.image)
+        image.load()
+    except FileNotFoundError as e:
+        raise UserError(f"--image {args.image} does not exist") from e
+    except OSError as e:
+        raise UserError(f"--image {args.image} is not a picture PIL can read ({e})") from e
+    pipe = open_pipeline(args)
+    result = pipe.image_to_image(
+        args.prompt,
+        image,
+        strength=args.strength,
+        negative_prompt=args.negative,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        eta=args.eta,
+        num_images=args.num_images,
+        trace=bool(args.trace),
+    )
+    write_results(result, paths, args.trace, pipe)
+
+
+def inspect(args: argparse.Namespace) -> None:
+    report = describe(args.path)
+    print(f"{args.path}: {report['layout']}")
+    print(f"  family: {report['family']}")
+    for name, c in report["components"].items():
+        if "error" in c:
+            print(f"  {name}: cannot build ({c['error']})")
+        elif "class" in c:
+            print(f"  {name}: {c['class']}")
+        else:
+            print(f"  {name}: {c['parameters']:,} parameters in {c['tensors']} tensors, {'/'.join(c['dtypes'])}")
+            for label in ("missing", "unexpected", "wrong_shape"):
+                if c[label]:
+                    more = f" (+{len(c[label]) - 5} more)" if len(c[label]) > 5 else ""
+                    print(f"    {label.replace('_', ' ')} keys: {', '.join(c[label][:5])}{more}")
+    print(f"  EMA weights: {'present' if report['ema'] else 'absent'}")
+    if report["other"]:
+        shown = ", ".join(report["other"][:6]) + (" ..." if len(report["other"]) > 6 else "")
+        print(f"  other tensors ({len(report['other'])}, ignored when loading): {shown}")
+
+
+def demo(args: argparse.Namespace) -> None:
+    """The main job: a picture from a prompt, with every step kept. Uses weights/ if a model is there."""
+    from .demo import run_demo
+
+    run_demo(args.prompt, Path(args.out), find_weights())
+
+
+def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--negative", default="", help="negative prompt (what to steer away from)")
+    p.add_argument("--weights", help="a diffusers model folder or a CompVis single file (default: weights/)")
+    p.add_argument("--config", help="for a single file of another shape than SD1.x: its diffusers folder")
+    p.add_argument("--steps", type=int, default=default_steps)
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the model's own")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic)")
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--out", default="minisd.png")
+    p.add_argument("--trace", metavar="DIR", help="also write DIR/trace.png: x_t and predicted x0 per step")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minisd", description="Stable Diffusion, written to be read.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="encode a prompt and show what came out")
+    parser = Parser(prog="minisd", description="Stable Diffusion, written to be read.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("generate", help="text to image")
+    add_generation_flags(p, default_steps=50)
+    p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    p.set_defaults(run=generate)
+
+    p = sub.add_parser("img2img", help="image to image")
+    add_generation_flags(p, default_steps=50)
+    p.add_argument("--image", required=True, help="the starting picture")
+    p.add_argument("--strength", type=float, default=0.8, help="0 keeps the picture, 1 replaces it")
+    p.set_defaults(run=img2img)
+
+    p = sub.add_parser("inspect", help="what a checkpoint holds")
+    p.add_argument("path")
+    p.set_defaults(run=inspect)
+
+    p = sub.add_parser("demo", help="generate a picture and its denoising trace into outputs/")
     p.add_argument("prompt", nargs="?", default="a photograph of an astronaut riding a horse")
-    p.add_argument("--weights", help="a diffusers model folder or a CompVis single file")
+    p.add_argument("--out", default="outputs", help="folder for demo.png and trace.png")
     p.set_defaults(run=demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+        args = build_parser().parse_args(argv)
         args.run(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (UserError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"minisd: error: {e}", file=sys.stderr)
         return 2
     return 0

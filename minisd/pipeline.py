@@ -1,0 +1,349 @@
+"""The whole of Stable Diffusion: prompt in, picture out, every intermediate kept for looking at.
+
+    text_to_image:
+      1. prompt, negative prompt --tokenizer, CLIP--> c, c_neg               (B, 77, 768) each
+      2. x_T ~ N(0, I) · init_noise_sigma                                    (B, 4, H/8, W/8)
+      3. for t in the scheduler's timesteps:
+           ε_u, ε_c = UNet([x_t, x_t], t, [c_neg, c])                        one batch of 2B
+           ε = ε_u + s·(ε_c − ε_u)        classifier-free guidance (Ho & Salimans 2022, eq. 6)
+           x_{t−1} = scheduler.step(ε, t, x_t)
+      4. picture = VAE.decode(x_0 / scaling_factor)                          (B, 3, H, W)
+
+    image_to_image starts step 2 from the user's picture instead: encoded, then noised to the timestep that
+    ``strength`` picks (q(x_t | x_0)), and runs only the remaining steps (Meng et al. 2022, SDEdit).
+
+Random numbers come from one ``torch.Generator("cpu").manual_seed(seed)`` in the order diffusers draws
+them (initial latent or VAE sample + noise, then the ancestral samplers' noise), so that a seed gives the
+same picture as diffusers' StableDiffusionPipeline with the same weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .checkpoints import CheckpointError, component_folder
+from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
+from .schedulers import SCHEDULERS, Scheduler, make_scheduler
+from .tokenizer import CLIPTokenizer, load_tokenizer
+from .unet import UNet2DConditionModel, UNetConfig, load_unet
+from .vae import AutoencoderKL, VAEConfig, load_vae
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "minisd-tiny"
+
+# diffusers' scheduler classes, as a model folder's scheduler_config.json names them, to minisd's names.
+SCHEDULER_CLASSES = {
+    "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim",
+    "PNDMScheduler": "pndm",
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_ancestral",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+}
+# The scheduler of SD v1.5's model folder: PNDM (PLMS), scaled_linear 0.00085-0.012, "leading", offset 1.
+SD15_SCHEDULER = "pndm"
+
+
+@dataclass
+class TraceStep:
+    """One denoising step: the timestep, the latent going in, the predicted x0 and both noise predictions."""
+
+    t: int
+    x_t: torch.Tensor  # (B, 4, h, w), as the UNet sees it (scaled)
+    pred_x0: torch.Tensor  # the scheduler's estimate of the clean latent at this step
+    eps_uncond: torch.Tensor | None  # None when guidance is off (scale ≤ 1)
+    eps_cond: torch.Tensor
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    latents: torch.Tensor  # the final latents, scaled as the UNet sees them: (B, 4, h, w)
+    trace: list[TraceStep] | None = None
+    timesteps: list[int] = field(default_factory=list)
+
+
+class StableDiffusion:
+    """The three models and the loop. Build with :func:`load_pipeline`."""
+
+    def __init__(
+        self,
+        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModel,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: Scheduler,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler = scheduler
+        self.device, self.dtype = torch.device(device), dtype
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 8: pixels per latent pixel
+
+    # The parts of the loop, each usable on its own (the notebooks call them one by one) -----------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], layer: int = -1) -> torch.Tensor:
+        """Prompts -> (B, 77, width) text vectors."""
+        ids = self.tokenizer(prompts).to(self.device)  # (B, 77)
+        return self.text_encoder(ids, layer=layer).to(self.dtype)
+
+    def predict_noise(
+        self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Guided noise ε = ε_u + s·(ε_c − ε_u), with ε_u and ε_c from one UNet call on a doubled batch.
+
+        ``x_in`` is the latent as the scheduler scales it for the UNet (``scale_model_input``).
+        """
+        if uncond is None:
+            eps_cond = self.unet(x_in, t, cond)
+            return eps_cond, None, eps_cond
+        eps_uncond, eps_cond = self.unet(torch.cat([x_in, x_in]), t, torch.cat([uncond, cond])).chunk(2)
+        return eps_uncond + scale * (eps_cond - eps_uncond), eps_uncond, eps_cond
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """UNet-scaled latents -> images in [0, 1], (B, 3, H, W) float32."""
+        images = self.vae.decode(self.vae.unscale_latents(latents))
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list[Image.Image]:
+        """(B, 3, H, W) in [0, 1] -> PIL images, rounded to 8 bits as diffusers rounds."""
+        array = (images.cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(a) for a in array]
+
+    # The two jobs --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def text_to_image(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        scheduler: str | None = None,
+        seed: int | None = 0,
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        num_images: int = 1,
+        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        trace: bool = False,
+        progress: bool = True,
+    ) -> Result:
+        """Generate ``num_images`` pictures per prompt. See the module docstring for the steps."""
+        prompts, negatives = self._prompts(prompt, negative_prompt, num_images)
+        height = height or self.unet.config.sample_size * self.vae_scale
+        width = width or self.unet.config.sample_size * self.vae_scale
+        for name, size in (("height", height), ("width", width)):
+            if size % self.vae_scale or size <= 0:
+                raise ValueError(f"{name} {size} is not a positive multiple of {self.vae_scale}; try {size // 8 * 8}")
+        sched = self._scheduler(scheduler)
+        sched.set_timesteps(steps)
+        generator = make_generator(seed)
+
+        shape = (len(prompts), self.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
+        x = randn(shape, generator, self.device, self.dtype) * sched.init_noise_sigma  # x_T
+        return self._denoise(
+            x, sched.timesteps, sched, prompts, negatives, guidance_scale, eta, generator, on_step, trace, progress
+        )
+
+    @torch.no_grad()
+    def image_to_image(
+        self,
+        prompt: str | list[str],
+        image: Image.Image | torch.Tensor,
+        strength: float = 0.8,
+        negative_prompt: str | list[str] = "",
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        scheduler: str | None = None,
+        seed: int | None = 0,
+        eta: float = 0.0,
+        num_images: int = 1,
+        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        trace: bool = False,
+        progress: bool = True,
+    ) -> Result:
+        """Redraw ``image`` after the prompt: ``strength`` 0 keeps it, 1 replaces it entirely."""
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        prompts, negatives = self._prompts(prompt, negative_prompt, num_images)
+        pixels = self.preprocess(image).to(self.device, self.dtype)  # (1, 3, H, W) in [−1, 1]
+        sched = self._scheduler(scheduler)
+        sched.set_timesteps(steps)
+        # Run the last int(steps·strength) timesteps only: the picture stands in for the earlier ones.
+        keep = min(int(steps * strength), steps)
+        if keep == 0:
+            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise either")
+        timesteps = sched.timesteps[(steps - keep) * sched.order :]
+        generator = make_generator(seed)
+
+        x0 = self.vae.scale_latents(self.vae.encode(pixels).sample(generator))  # (1, 4, h, w)
+        x0 = x0.expand(len(prompts), -1, -1, -1)
+        noise = randn(x0.shape, generator, self.device, self.dtype)
+        x = sched.add_noise(x0, noise, timesteps[:1].repeat(len(prompts)))  # q(x_t | x_0) at the first t kept
+        return self._denoise(
+            x, timesteps, sched, prompts, negatives, guidance_scale, eta, generator, on_step, trace, progress
+        )
+
+    def preprocess(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A PIL image -> (1, 3, H, W) in [−1, 1], resized down to multiples of 8 (as diffusers does) if needed."""
+        if isinstance(image, torch.Tensor):
+            if (
+                image.ndim != 4
+                or image.shape[1] != 3
+                or image.shape[-1] % self.vae_scale
+                or image.shape[-2] % self.vae_scale
+            ):
+                raise ValueError("an image tensor must be (B, 3, H, W) in [−1, 1] with H, W multiples of 8")
+            return image
+        image = image.convert("RGB")
+        w, h = (s - s % self.vae_scale for s in image.size)
+        if (w, h) != image.size:
+            warnings.warn(
+                f"image is {image.size[0]}×{image.size[1]}; resized to {w}×{h}, the nearest multiples of "
+                f"{self.vae_scale} below, as the VAE needs",
+                stacklevel=3,
+            )
+            image = image.resize((w, h), resample=Image.LANCZOS)
+        array = np.asarray(image).astype(np.float32) / 255.0  # (H, W, 3)
+        return torch.from_numpy(array).permute(2, 0, 1)[None] * 2 - 1
+
+    # Internals -------------------------------------------------------------------------------------
+
+    def _denoise(self, x, timesteps, sched, prompts, negatives, scale, eta, generator, on_step, trace, progress):
+        cond = self.encode_prompt(prompts)
+        uncond = self.encode_prompt(negatives) if scale > 1 else None
+        step_kwargs = {"generator": generator}
+        if "eta" in inspect.signature(sched.step).parameters:  # DDIM's η: 0 deterministic, 1 DDPM-like
+            step_kwargs["eta"] = eta
+        steps: list[TraceStep] = []
+        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoising")):
+            eps, eps_uncond, eps_cond = self.predict_noise(sched.scale_model_input(x, t), t, cond, uncond, scale)
+            out = sched.step(eps, t, x, **step_kwargs)
+            if trace:
+                steps.append(
+                    TraceStep(int(t), x.cpu(), out.pred_original_sample.cpu(), _cpu(eps_uncond), eps_cond.cpu())
+                )
+            if on_step is not None:
+                on_step(i, int(t), x, out.pred_original_sample)
+            x = out.prev_sample
+        images = self.to_pil(self.decode(x))
+        return Result(images, x, steps if trace else None, [int(t) for t in timesteps])
+
+    def _prompts(self, prompt, negative_prompt, num_images) -> tuple[list[str], list[str]]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        # Each prompt num_images times in a row, as diffusers orders them.
+        return [p for p in prompts for _ in range(num_images)], [n for n in negatives for _ in range(num_images)]
+
+    def _scheduler(self, name: str | None) -> Scheduler:
+        """The model's own scheduler, or another sampler on the model's noise schedule."""
+        if name is None:
+            return self.scheduler
+        return make_scheduler(name, self.scheduler.config)
+
+
+def _cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.cpu()
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: the same seed gives the same numbers on every device, as diffusers recommends."""
+    generator = torch.Generator("cpu")
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def randn(shape, generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (CPU), then moved: diffusers' randn_tensor."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_pipeline(
+    path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    config: str | Path | None = None,
+) -> StableDiffusion:
+    """Stable Diffusion from a diffusers model folder or a CompVis single file; ``None``: minisd's own model.
+
+    ``device`` defaults to CPU (pass "cuda" or "mps" to use a GPU); ``dtype`` to float32 (float16/bfloat16
+    are for GPUs; the VAE decodes fp16 in fp32). A single file holds no configs: SD1.x's are assumed, or
+    those of the diffusers model folder ``config`` (its tokenizer and scheduler too), as for a fine-tune of
+    another shape.
+    """
+    device = torch.device(device or "cpu")
+    dtype = dtype or torch.float32
+    if path is None:
+        if not SHIPPED_MODEL.is_dir():
+            raise FileNotFoundError(
+                f"minisd's own small model is not at {SHIPPED_MODEL} yet; pass the path to Stable Diffusion "
+                "weights (a diffusers folder or a single file, see weights/README.md)"
+            )
+        path = SHIPPED_MODEL
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a diffusers model folder or a single checkpoint file")
+    configs = Path(config) if config is not None else path if path.is_dir() else None
+    if configs is not None and not configs.is_dir():
+        raise FileNotFoundError(f"config folder {configs} does not exist; give a diffusers model folder")
+
+    def config_of(cls, name):  # a single file's networks take their shapes from the config folder, if any
+        return cls.from_json(configs / name / "config.json") if path.is_file() and configs is not None else None
+
+    return StableDiffusion(
+        load_tokenizer(configs or path),
+        load_text_encoder(path, config_of(CLIPTextConfig, "text_encoder"), dtype, device),
+        load_unet(path, config_of(UNetConfig, "unet"), dtype, device),
+        load_vae(path, config_of(VAEConfig, "vae"), dtype, device),
+        load_scheduler(configs or path),
+        device,
+        dtype,
+    )
+
+
+def load_scheduler(path: Path) -> Scheduler:
+    """A model folder's ``scheduler/scheduler_config.json``; SD v1.5's PNDM for a single file."""
+    folder = path / "scheduler" if path.is_dir() else None
+    if folder is None or not (folder / "scheduler_config.json").is_file():
+        if path.is_dir() and component_folder(path, "unet") is not None and path.joinpath("model_index.json").exists():
+            raise CheckpointError(f"{path} has no scheduler/scheduler_config.json; re-download the model folder")
+        return make_scheduler(SD15_SCHEDULER)
+    config = json.loads((folder / "scheduler_config.json").read_text())
+    name = SCHEDULER_CLASSES.get(config.get("_class_name", ""))
+    if name is None:
+        warnings.warn(
+            f"the model's scheduler {config.get('_class_name')!r} is not implemented; using PNDM with its noise "
+            f"schedule. Pick another with scheduler= ({', '.join(SCHEDULERS)})",
+            stacklevel=3,
+        )
+        name = SD15_SCHEDULER
+    return make_scheduler(name, config)

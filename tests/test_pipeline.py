@@ -1,0 +1,187 @@
+"""End to end: minisd's pipelines against diffusers' StableDiffusionPipeline / Img2ImgPipeline, same weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import minisd
+from minisd.pipeline import StableDiffusion
+
+from .conftest import max_rel_err
+from .tiny_sd import build_reference, reference_scheduler, save_compvis, save_diffusers
+
+PROMPT, NEGATIVE = "a red circle on a blue square", "blurry, low quality"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_sd")
+    ref = build_reference()
+    folder = save_diffusers(ref, root / "folder")
+    return ref, folder, save_compvis(ref, root / "tiny.safetensors")
+
+
+def eta_for(name: str) -> float:
+    return 1.0 if name == "ddim" else 0.0  # DDIM with η = 1 draws noise: seed order matters too
+
+
+def reference_txt2img(ref, folder, name, output_type, **kw):
+    ref.scheduler = reference_scheduler(folder, name)
+    args = dict(negative_prompt=NEGATIVE, num_inference_steps=8, guidance_scale=6.0, height=48, width=80)
+    args |= kw
+    out = ref(
+        PROMPT, generator=torch.Generator("cpu").manual_seed(7), output_type=output_type, eta=eta_for(name), **args
+    )
+    return out.images
+
+
+def assert_pixels_close(ours: list[Image.Image], theirs: np.ndarray) -> None:
+    """Within 1/255 for at least 99.9% of the 8-bit pixel values."""
+    mine = np.stack([np.asarray(im) for im in ours]).astype(int)
+    expected = (theirs * 255).round().astype(int)
+    assert mine.shape == expected.shape
+    assert (np.abs(mine - expected) <= 1).mean() >= 0.999
+
+
+@pytest.mark.parametrize("name", list(minisd.SCHEDULERS))
+def test_text_to_image_equals_diffusers(model, name):
+    ref, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80,
+        eta=eta_for(name), progress=False,
+    )  # fmt: skip
+    latents = reference_txt2img(ref, folder, name, "latent")
+    assert ours.latents.shape == (1, 4, 24, 40)  # 48×80 pixels, the tiny VAE's factor 2
+    assert max_rel_err(ours.latents, latents) <= TOL
+    assert_pixels_close(ours.images, reference_txt2img(ref, folder, name, "np"))
+
+
+@pytest.mark.parametrize("name", ["pndm", "euler_ancestral"])
+def test_compvis_single_file_equals_diffusers(model, name):
+    ref, folder, file = model
+    pipe = minisd.load_pipeline(file, config=folder)  # a single file of another shape than SD1.x
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80, progress=False
+    )
+    assert max_rel_err(ours.latents, reference_txt2img(ref, folder, name, "latent")) <= TOL
+
+
+def test_negative_control_other_seed_differs(model):
+    ref, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, seed=8, height=48, width=80, progress=False
+    )
+    assert max_rel_err(ours.latents, reference_txt2img(ref, folder, "pndm", "latent")) > TOL
+
+
+def test_guidance_off_and_batches(model):
+    """Guidance ≤ 1 skips the unconditional pass; two prompts × two pictures keep diffusers' order."""
+    ref, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    prompts = [PROMPT, "a green triangle"]
+    ours = pipe.text_to_image(
+        prompts, steps=6, guidance_scale=1.0, scheduler="euler_ancestral", seed=7, height=32, width=32,
+        num_images=2, trace=True, progress=False,
+    )  # fmt: skip
+    ref.scheduler = reference_scheduler(folder, "euler_ancestral")
+    theirs = ref(
+        prompts, num_inference_steps=6, guidance_scale=1.0, height=32, width=32, num_images_per_prompt=2,
+        generator=torch.Generator("cpu").manual_seed(7), output_type="latent",
+    ).images  # fmt: skip
+    assert len(ours.images) == 4 and max_rel_err(ours.latents, theirs) <= TOL
+    assert all(step.eps_uncond is None for step in ours.trace)
+
+
+def test_trace_and_callback(model):
+    _, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    seen = []
+    result = pipe.text_to_image(
+        PROMPT, steps=5, scheduler="ddim", height=32, width=48, trace=True, progress=False,
+        on_step=lambda i, t, x, x0: seen.append((i, t)),
+    )  # fmt: skip
+    assert [t for _, t in seen] == result.timesteps == [s.t for s in result.trace]
+    assert len(result.trace) == 5
+    sched = minisd.make_scheduler("ddim", pipe.scheduler.config)
+    sched.set_timesteps(5)
+    for now, after in zip(result.trace, result.trace[1:], strict=False):
+        # the trace holds what the loop used: re-running the step gives the next x_t
+        eps = now.eps_uncond + 7.5 * (now.eps_cond - now.eps_uncond)
+        torch.testing.assert_close(sched.step(eps, now.t, now.x_t).prev_sample, after.x_t)
+        assert now.pred_x0.shape == now.x_t.shape == now.eps_cond.shape
+
+
+def test_default_size_and_seed(model):
+    _, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    a = pipe.text_to_image(PROMPT, steps=2, progress=False)
+    b = pipe.text_to_image(PROMPT, steps=2, progress=False)
+    assert a.images[0].size == (16, 16)  # sample_size 8 × the tiny VAE's factor 2
+    assert torch.equal(a.latents, b.latents)
+
+
+@pytest.mark.parametrize("name", list(minisd.SCHEDULERS))
+def test_image_to_image_equals_diffusers(model, name):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    ref, folder, _ = model
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (51, 83, 3), dtype=np.uint8))  # odd: resized to 50×82
+    pipe = minisd.load_pipeline(folder)
+    with pytest.warns(UserWarning, match="resized to 82×50"):
+        ours = pipe.image_to_image(
+            PROMPT, image, strength=0.6, negative_prompt=NEGATIVE, steps=10, guidance_scale=5.0, scheduler=name,
+            seed=11, eta=eta_for(name), progress=False,
+        )  # fmt: skip
+    img2img = StableDiffusionImg2ImgPipeline(**ref.components)
+    img2img.scheduler = reference_scheduler(folder, name)
+    kw = dict(strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=5.0, eta=eta_for(name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        latents = img2img(PROMPT, image, generator=torch.Generator("cpu").manual_seed(11), output_type="latent", **kw)
+        pixels = img2img(PROMPT, image, generator=torch.Generator("cpu").manual_seed(11), output_type="np", **kw)
+    assert len(ours.timesteps) == 6 + (name == "pndm")  # int(10 × 0.6) of the 10 steps; PLMS repeats its first
+    assert max_rel_err(ours.latents, latents.images) <= TOL
+    assert_pixels_close(ours.images, pixels.images)
+
+
+def test_bad_input_errors(model, tmp_path):
+    _, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    with pytest.raises(ValueError, match="not a positive multiple of 2"):
+        pipe.text_to_image(PROMPT, height=33, progress=False)
+    with pytest.raises(ValueError, match="unknown scheduler 'lms'"):
+        pipe.text_to_image(PROMPT, scheduler="lms", progress=False)
+    with pytest.raises(ValueError, match="strength must be between 0 and 1"):
+        pipe.image_to_image(PROMPT, Image.new("RGB", (32, 32)), strength=1.5)
+    with pytest.raises(ValueError, match="leaves no step"):
+        pipe.image_to_image(PROMPT, Image.new("RGB", (32, 32)), strength=0.05, steps=10, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        minisd.load_pipeline(tmp_path / "nowhere")
+
+
+def test_shipped_model_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import minisd.pipeline
+
+    monkeypatch.setattr(minisd.pipeline, "SHIPPED_MODEL", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="minisd's own small model is not at"):
+        minisd.load_pipeline()
+
+
+def test_components_are_the_earlier_issues(model):
+    _, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    assert isinstance(pipe, StableDiffusion)
+    assert isinstance(pipe.tokenizer, minisd.CLIPTokenizer)
+    assert isinstance(pipe.text_encoder, minisd.CLIPTextModel)
+    assert isinstance(pipe.unet, minisd.UNet2DConditionModel)
+    assert isinstance(pipe.vae, minisd.AutoencoderKL)
+    assert type(pipe.scheduler).__name__ == "PNDM"  # as the folder's scheduler_config.json says

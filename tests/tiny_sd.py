@@ -1,0 +1,119 @@
+"""Small random Stable Diffusion models built with diffusers/transformers, saved in both public layouts."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from minisd.checkpoints import unet_to_compvis, vae_to_compvis
+from minisd.tokenizer import CLIPTokenizer
+from minisd.unet import UNetConfig
+from minisd.vae import VAEConfig
+
+from .conftest import perturb_
+
+TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+UNET = dict(
+    sample_size=8,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+VAE = dict(
+    block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=16,
+)
+# SD v1.5's noise schedule for PNDMScheduler. The spacing is written out: otherwise another scheduler class
+# built from this config (from_config) would take its own default, e.g. "linspace" for Euler.
+SCHEDULER = dict(
+    timestep_spacing="leading",
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+)
+
+
+def build_reference(seed: int = 0):
+    """A diffusers StableDiffusionPipeline with small, perturbed random networks and the real CLIP vocabulary."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTokenizer as HFTokenizer
+
+    torch.manual_seed(seed)
+    text_encoder = perturb_(CLIPTextModel(CLIPTextConfig(**TEXT)), seed).eval()
+    # Scale so that guidance and samplers see a UNet output of order one, as a trained one gives.
+    unet = perturb_(UNet2DConditionModel(**UNET), seed + 1, 0.05).eval()
+    vae = perturb_(AutoencoderKL(**VAE), seed + 2, 0.05).eval()
+    folder = Path(__import__("tempfile").mkdtemp()) / "tokenizer"
+    write_vocab(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = HFTokenizer.from_pretrained(folder, model_max_length=77)
+        return StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=PNDMScheduler(**SCHEDULER),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def write_vocab(folder: Path) -> None:
+    tok = CLIPTokenizer.from_openai_vocab()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tok.vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in tok.merge_rank) + "\n")
+
+
+def save_diffusers(pipe, folder: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.save_pretrained(folder)
+    # SD v1.5's scheduler_config.json also says clip_sample: false, which DDIM/DDPM read (their default is true).
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"clip_sample": False}))
+    return folder
+
+
+def reference_scheduler(folder: Path, name: str):
+    """The diffusers scheduler ``name`` (minisd's name) built from the model folder's scheduler config."""
+    import diffusers
+
+    classes = dict(
+        ddpm="DDPMScheduler",
+        ddim="DDIMScheduler",
+        pndm="PNDMScheduler",
+        euler="EulerDiscreteScheduler",
+        euler_ancestral="EulerAncestralDiscreteScheduler",
+        dpmpp_2m="DPMSolverMultistepScheduler",
+    )
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return getattr(diffusers, classes[name]).from_config(config)
+
+
+def save_compvis(pipe, file: Path) -> Path:
+    """The three networks of ``pipe`` in one CompVis-layout file (SD1.x's key names, small shapes)."""
+    state = {"cond_stage_model.transformer.text_model." + k: v for k, v in pipe.text_encoder.state_dict().items()}
+    state |= unet_to_compvis(pipe.unet.state_dict(), UNetConfig.from_dict(dict(pipe.unet.config)))
+    state |= vae_to_compvis(pipe.vae.state_dict(), VAEConfig.from_dict(dict(pipe.vae.config)))
+    save_file({k: v.contiguous() for k, v in state.items()}, file)
+    return file
