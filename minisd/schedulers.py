@@ -217,7 +217,7 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(B,) → (B, 1, 1, …) to broadcast one value per sample against x."""
-    return values.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+    return values.to(device=x.device, dtype=x.dtype).reshape(-1, *[1] * (x.ndim - 1))
 
 
 def _x0_from_output(output: torch.Tensor, x: torch.Tensor, alpha, sigma, prediction_type: str) -> torch.Tensor:
