@@ -33,6 +33,9 @@ format: $(VENV)/.test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+notebooks: $(VENV)/.test
+	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
+
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/unet_forward.py
 

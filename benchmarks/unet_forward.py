@@ -38,7 +38,11 @@ def build(impl: str, device: str, dtype: torch.dtype):
         )
     # Random weights of a plausible scale; timings do not depend on the values.
     state = {k: torch.randn(v.shape) * 0.02 for k, v in ref.state_dict().items()}
-    model = ref if impl == "diffusers" else UNet2DConditionModel()
+    if impl == "diffusers":
+        model = ref
+    else:
+        with torch.device("meta"):  # as the reference: no allocation before the weights arrive
+            model = UNet2DConditionModel()
     model.load_state_dict(state, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 

@@ -34,7 +34,11 @@ def build(impl: str, device: str, dtype: torch.dtype):
         )
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in ref.state_dict().items()}
-    model = ref if impl == "diffusers" else AutoencoderKL()
+    if impl == "diffusers":
+        model = ref
+    else:
+        with torch.device("meta"):  # as the reference: no allocation before the weights arrive
+            model = AutoencoderKL()
     model.load_state_dict(state, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 

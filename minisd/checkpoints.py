@@ -220,26 +220,29 @@ def unet_prefixes(cfg) -> list[tuple[str, str]]:
     return pairs
 
 
-def rename(key: str, prefixes: list[tuple[str, str]], inner: list[tuple[str, str]]) -> str:
-    """Replace the longest matching block prefix, then the layer name inside the block (``inner``)."""
-    for old, new in sorted(prefixes, key=lambda p: -len(p[0])):
-        if key.startswith(old):
-            rest = key[len(old) :]
-            rest = next((n + rest[len(o) :] for o, n in inner if rest.startswith(o)), rest)
-            return new + rest
-    return key
+def rename(state: StateDict, prefixes: list[tuple[str, str]], inner: list[tuple[str, str]]) -> StateDict:
+    """Rename every key: replace its longest matching block prefix, then the layer name inside the block
+    (``inner``). Keys that match no prefix stay as they are (and are reported as unexpected on loading)."""
+    prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
+
+    def one(key: str) -> str:
+        for old, new in prefixes:
+            if key.startswith(old):
+                rest = key[len(old) :]
+                return new + next((n + rest[len(o) :] for o, n in inner if rest.startswith(o)), rest)
+        return key
+
+    return {one(k): v for k, v in state.items()}
 
 
 def unet_from_compvis(state: StateDict, cfg) -> StateDict:
-    prefixes = unet_prefixes(cfg)
-    return {rename(k, prefixes, RESNET_RENAMES): v for k, v in state.items()}
+    return rename(state, unet_prefixes(cfg), RESNET_RENAMES)
 
 
 def unet_to_compvis(state: StateDict, cfg) -> StateDict:
     """The inverse, with the ``model.diffusion_model.`` prefix: what a CompVis file would hold."""
-    prefixes = [(new, old) for old, new in unet_prefixes(cfg)]
-    inner = [(new, old) for old, new in RESNET_RENAMES]
-    return {LAYOUTS["unet"].compvis_prefix + rename(k, prefixes, inner): v for k, v in state.items()}
+    back = rename(state, [(new, old) for old, new in unet_prefixes(cfg)], [(new, old) for old, new in RESNET_RENAMES])
+    return {LAYOUTS["unet"].compvis_prefix + k: v for k, v in back.items()}
 
 
 def select_unet_weights(state: StateDict, ema: bool | None) -> StateDict:
@@ -306,17 +309,15 @@ def is_vae_attention_weight(key: str) -> bool:
 
 
 def vae_from_compvis(state: StateDict, cfg) -> StateDict:
-    prefixes = vae_prefixes(cfg)
-    out = {rename(k, prefixes, VAE_RENAMES): v for k, v in state.items()}
+    out = rename(state, vae_prefixes(cfg), VAE_RENAMES)
     return {k: v.flatten(1) if is_vae_attention_weight(k) and v.ndim == 4 else v for k, v in out.items()}
 
 
 def vae_to_compvis(state: StateDict, cfg) -> StateDict:
     """The inverse, with the ``first_stage_model.`` prefix: what a CompVis file would hold."""
-    prefixes = [(new, old) for old, new in vae_prefixes(cfg)]
-    inner = [(new, old) for old, new in VAE_RENAMES]
     state = {k: v[:, :, None, None] if is_vae_attention_weight(k) else v for k, v in state.items()}
-    return {LAYOUTS["vae"].compvis_prefix + rename(k, prefixes, inner): v for k, v in state.items()}
+    back = rename(state, [(new, old) for old, new in vae_prefixes(cfg)], [(new, old) for old, new in VAE_RENAMES])
+    return {LAYOUTS["vae"].compvis_prefix + k: v for k, v in back.items()}
 
 
 def vae_from_diffusers(state: StateDict) -> StateDict:

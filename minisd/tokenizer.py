@@ -142,17 +142,25 @@ class CLIPTokenizer:
         return "".join(c.lower() for c in text)
 
     def bpe(self, word: str) -> list[str]:
-        """Step 5: merge the best-ranked adjacent pair of symbols until none is in the merge list."""
-        if word in self._bpe_cache:
-            return self._bpe_cache[word]
+        """Step 5: the word's final BPE symbols."""
+        if word not in self._bpe_cache:
+            self._bpe_cache[word] = self.bpe_steps(word)[-1]
+        return self._bpe_cache[word]
+
+    def bpe_steps(self, word: str) -> list[list[str]]:
+        """Step 5, one merge at a time: the symbols before any merge, then after each merge.
+
+        Each merge joins the adjacent pair with the best (lowest) rank, everywhere it occurs, left to right;
+        it stops when no adjacent pair is in the merge list.
+        """
         symbols = [*word[:-1], word[-1] + "</w>"]
+        steps = [symbols]
         while len(symbols) > 1:
-            pairs = set(itertools.pairwise(symbols))
-            best = min(pairs, key=lambda p: self.merge_rank.get(p, float("inf")))
+            best = min(set(itertools.pairwise(symbols)), key=lambda p: self.merge_rank.get(p, float("inf")))
             if best not in self.merge_rank:
                 break
             merged, i = [], 0
-            while i < len(symbols):  # merge every occurrence, left to right
+            while i < len(symbols):
                 if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
                     merged.append(symbols[i] + symbols[i + 1])
                     i += 2
@@ -160,8 +168,8 @@ class CLIPTokenizer:
                     merged.append(symbols[i])
                     i += 1
             symbols = merged
-        self._bpe_cache[word] = symbols
-        return symbols
+            steps.append(symbols)
+        return steps
 
     def tokenize(self, text: str) -> list[str]:
         """Text to BPE symbols (no BOS/EOS): steps 1-5."""
