@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 StateDict = dict[str, torch.Tensor]
@@ -96,14 +95,21 @@ def _same_value(value, expected) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def read_weights(path: str | Path) -> StateDict:
-    """All tensors of a ``.safetensors`` file or a pickled checkpoint (read with ``weights_only=True``)."""
+def read_weights(path: str | Path, prefixes: tuple[str, ...] | None = None) -> StateDict:
+    """The tensors of a ``.safetensors`` file or a pickled checkpoint (read with ``weights_only=True``).
+
+    With ``prefixes``, only the keys that start with one of them: a .safetensors file then reads just those
+    tensors, and a pickle is memory-mapped, so that loading three components from one 4 GB file does not
+    hold it in memory three times.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; check the path to the weights")
+    wanted = (lambda k: True) if prefixes is None else (lambda k: k.startswith(prefixes))
     if path.suffix == ".safetensors":
         try:
-            return load_file(path)
+            with safe_open(path, framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}  # noqa: SIM118 (not a mapping)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download it") from e
     if path.suffix not in PICKLE_SUFFIXES:
@@ -111,7 +117,12 @@ def read_weights(path: str | Path) -> StateDict:
             f"{path}: unknown weights format {path.suffix!r}; use .safetensors (preferred) or .ckpt/.pt/.bin"
         )
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # files from before PyTorch 1.6's zip format cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} holds Python objects besides tensors, which minisd will not unpickle (it could run code). "
@@ -123,7 +134,7 @@ def read_weights(path: str | Path) -> StateDict:
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a dict of tensors; it is not a model checkpoint")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and wanted(k)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,12 +151,14 @@ class Layout:
     compvis_prefix: str  # prefix of this network's keys in a CompVis single file
 
 
+# A diffusers folder may hold a half-precision "variant" file instead of (or beside) the full-precision one.
+MODEL_FILES = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
+DIFFUSION_FILES = tuple(f.replace("model", "diffusion_pytorch_model", 1) for f in MODEL_FILES if "pytorch" not in f)
+DIFFUSION_FILES += ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
 LAYOUTS = {
-    "text_encoder": Layout("text_encoder", ("model.safetensors", "pytorch_model.bin"), "cond_stage_model.transformer."),
-    "unet": Layout(
-        "unet", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "model.diffusion_model."
-    ),
-    "vae": Layout("vae", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), "first_stage_model."),
+    "text_encoder": Layout("text_encoder", MODEL_FILES, "cond_stage_model.transformer."),
+    "unet": Layout("unet", DIFFUSION_FILES, "model.diffusion_model."),
+    "vae": Layout("vae", DIFFUSION_FILES, "first_stage_model."),
 }
 
 
@@ -245,6 +258,11 @@ def unet_to_compvis(state: StateDict, cfg) -> StateDict:
     return {LAYOUTS["unet"].compvis_prefix + k: v for k, v in back.items()}
 
 
+def has_ema_weights(keys) -> bool:
+    """An EMA copy of the UNet; files without one may still carry ``model_ema.decay`` and ``num_updates``."""
+    return any(k.startswith("model_ema.diffusion_model") for k in keys)
+
+
 def select_unet_weights(state: StateDict, ema: bool | None) -> StateDict:
     """Put a single file's EMA UNet weights in place of the trained ones (``ema`` True, or None and present).
 
@@ -252,11 +270,10 @@ def select_unet_weights(state: StateDict, ema: bool | None) -> StateDict:
     ``model.diffusion_model.out.0.weight`` -> ``model_ema.diffusion_modelout0weight``.
     """
     prefix = LAYOUTS["unet"].compvis_prefix
-    has_ema = any(k.startswith("model_ema.") for k in state)
-    if ema is False or (ema is None and not has_ema):
+    if ema is False or (ema is None and not has_ema_weights(state)):
         return state
-    if not has_ema:
-        raise CheckpointError("unet: ema=True but this file holds no EMA weights (no model_ema.* keys)")
+    if not has_ema_weights(state):
+        raise CheckpointError("unet: ema=True but this file holds no EMA weights (no model_ema.diffusion_model*)")
     out = dict(state)
     for key in state:
         if key.startswith(prefix):
@@ -392,15 +409,14 @@ def load_component(
         source = str(file)
     else:
         config = config_cls() if config is None else config
-        state = read_weights(path)
+        # The UNet's filter may swap in the EMA copy, stored under model_ema.*: read that too.
+        prefixes = (layout.compvis_prefix,) + (("model_ema.",) if state_filter is not None else ())
+        state = read_weights(path, prefixes)
         if state_filter is not None:
             state = state_filter(state)
         state = strip_prefix(state, layout.compvis_prefix)
         if not state:
-            raise CheckpointError(
-                f"{name}: {path} has no {layout.compvis_prefix}* tensors; it is not a CompVis Stable Diffusion "
-                "checkpoint (or holds another component only)"
-            )
+            raise CheckpointError(f"{name}: {path} has no {layout.compvis_prefix}* tensors; " + _what_else(path))
         state = FROM_COMPVIS[name](state, config)
         source = str(path)
     with torch.device("meta"):
@@ -408,6 +424,16 @@ def load_component(
     check_keys(name, source, model, state)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _what_else(path: Path) -> str:
+    """Why a single file lacks a component's keys, for the error message."""
+    if any(k.startswith("cond_stage_model.model.") for k in tensor_specs(path)):
+        return (
+            "it is an SD2.x single file (OpenCLIP text encoder under cond_stage_model.model.*), which minisd "
+            "does not load: use the model's diffusers folder (see weights/README.md)"
+        )
+    return "it is not a CompVis Stable Diffusion checkpoint (or holds other components only)"
 
 
 def check_keys(name: str, source: str, model: nn.Module, state: StateDict, show: int = 5) -> None:
@@ -518,9 +544,8 @@ def _describe_single_file(path: Path) -> dict[str, Any]:
     openclip = strip_prefix(specs, "cond_stage_model.model.")
     if openclip:
         report["components"]["text_encoder (OpenCLIP, SD2.x)"] = _compare(openclip, {})
-    ema = [k for k in specs if k.startswith("model_ema.")]
     claimed |= {k for k in specs if k.startswith(("cond_stage_model.model.", "model_ema."))}
-    report["ema"] = len(ema) > 2  # LitEma stores decay and num_updates even without EMA weights
+    report["ema"] = has_ema_weights(specs)
     report["other"] = sorted(k for k in specs if k not in claimed)
     cross = specs.get("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
     fits = all(not (c["missing"] or c["unexpected"] or c["wrong_shape"]) for c in report["components"].values())

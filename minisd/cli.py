@@ -35,63 +35,68 @@ class Parser(argparse.ArgumentParser):
 
 
 def find_weights() -> Path | None:
-    """The first model in ``weights/`` (a diffusers folder or a single file), if there is one."""
-    if not WEIGHTS_DIR.is_dir():
-        return None
-    for entry in sorted(WEIGHTS_DIR.iterdir()):
-        if (entry / "model_index.json").is_file() or entry.suffix in (".safetensors", ".ckpt"):
-            return entry
+    """The first model in ./weights or minisd's own weights/ (a diffusers folder or a single file), if any."""
+    for folder in dict.fromkeys((Path.cwd() / "weights", WEIGHTS_DIR)):
+        if folder.is_dir():
+            for entry in sorted(folder.iterdir()):
+                if (entry / "model_index.json").is_file() or entry.suffix in (".safetensors", ".ckpt"):
+                    return entry
     return None
 
 
-def save_atomically(image: Image.Image, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: no half-written picture is ever left."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
+def save_atomically(pictures: dict[Path, Image.Image]) -> None:
+    """Write every picture to a temporary file beside its target, then rename them all: a failure part-way
+    (a full disk, an unwritable folder) leaves neither half-written pictures nor some of the set."""
+    written: list[tuple[str, Path]] = []
     try:
-        image.save(tmp)
-        os.replace(tmp, path)
+        for path, image in pictures.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+            os.close(fd)
+            written.append((tmp, path))
+            image.save(tmp)
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
-def output_paths(out: str, n: int) -> list[Path]:
-    path = Path(out)
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    """The pictures' paths, checked before any work is done."""
+    path = Path(args.out)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise UserError(f"--out {out}: give a .png (or .jpg/.webp) file name")
+        raise UserError(f"--out {args.out}: give a .png (or .jpg/.webp) file name")
     if not path.parent.is_dir():
-        raise UserError(f"--out {out}: folder {path.parent} does not exist")
+        raise UserError(f"--out {args.out}: folder {path.parent} does not exist")
+    if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
+        raise UserError(f"--trace {args.trace} is a file, not a folder")
+    n = args.num_images
     return [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
-
-
-def check_sizes(args: argparse.Namespace) -> None:
-    for name in ("height", "width"):
-        size = getattr(args, name, None)
-        if size is not None and (size <= 0 or size % 8):
-            raise UserError(f"--{name} {size} is not a positive multiple of 8 (the VAE's factor); try {size // 8 * 8}")
-    if args.steps < 1:
-        raise UserError(f"--steps {args.steps}: need at least 1")
-    if args.num_images < 1:
-        raise UserError(f"--num-images {args.num_images}: need at least 1")
 
 
 def open_pipeline(args: argparse.Namespace):
     from .pipeline import load_pipeline
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this PyTorch sees no CUDA GPU (a CPU build, or no driver)")
+    if args.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's Metal backend is not available here")
 
     weights = args.weights or find_weights()
     return load_pipeline(weights, device=args.device, dtype=DTYPES[args.dtype], config=args.config)
 
 
 def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> None:
-    for image, path in zip(result.images, paths, strict=True):
-        save_atomically(image, path)
-        print(path)
+    pictures = dict(zip(paths, result.images, strict=True))
     if trace_dir:
-        folder = Path(trace_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_atomically(trace_grid(result.trace, pipe), folder / "trace.png")
-        print(folder / "trace.png")
+        Path(trace_dir).mkdir(parents=True, exist_ok=True)
+        pictures[Path(trace_dir) / "trace.png"] = trace_grid(result.trace, pipe)
+    save_atomically(pictures)
+    for path in pictures:
+        print(path)
 
 
 def trace_grid(trace, pipe, cell: int = 128, columns: int = 10) -> Image.Image:
@@ -113,8 +118,7 @@ def trace_grid(trace, pipe, cell: int = 128, columns: int = 10) -> Image.Image:
 
 
 def generate(args: argparse.Namespace) -> None:
-    check_sizes(args)
-    paths = output_paths(args.out, args.num_images)
+    paths = output_paths(args)
     pipe = open_pipeline(args)
     result = pipe.text_to_image(
         args.prompt,
@@ -133,8 +137,7 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def img2img(args: argparse.Namespace) -> None:
-    check_sizes(args)
-    paths = output_paths(args.out, args.num_images)
+    paths = output_paths(args)
     if not 0 <= args.strength <= 1:
         raise UserError(f"--strength {args.strength}: give a number from 0 to 1")
     try:
@@ -202,7 +205,7 @@ def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--out", default="minisd.png")
     p.add_argument("--trace", metavar="DIR", help="also write DIR/trace.png: x_t and predicted x0 per step")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
 
 

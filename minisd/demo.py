@@ -59,8 +59,7 @@ def run_demo(prompt: str, out: Path, weights: Path | None, steps: int = 20) -> N
     start = time.perf_counter()
     result = pipe.text_to_image(prompt, steps=steps, seed=0, trace=True)
     seconds = time.perf_counter() - start
-    save_atomically(result.images[0], out / "demo.png")
-    save_atomically(trace_grid(result.trace, pipe), out / "trace.png")
+    save_atomically({out / "demo.png": result.images[0], out / "trace.png": trace_grid(result.trace, pipe)})
     size = result.images[0].size
     print(f"{steps} steps of {type(pipe.scheduler).__name__}, {size[0]}×{size[1]}, in {seconds:.1f} s")
     print(f"wrote {out / 'demo.png'} and {out / 'trace.png'} (per step: x_t above, predicted x0 below)")

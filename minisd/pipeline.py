@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, component_folder
+from .checkpoints import CheckpointError
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
 from .schedulers import SCHEDULERS, Scheduler, make_scheduler
 from .tokenizer import CLIPTokenizer, load_tokenizer
@@ -58,7 +58,7 @@ class TraceStep:
     """One denoising step: the timestep, the latent going in, the predicted x0 and both noise predictions."""
 
     t: int
-    x_t: torch.Tensor  # (B, 4, h, w), as the UNet sees it (scaled)
+    x_t: torch.Tensor  # (B, 4, h, w): the sample going into the step (σ samplers: before scale_model_input)
     pred_x0: torch.Tensor  # the scheduler's estimate of the clean latent at this step
     eps_uncond: torch.Tensor | None  # None when guidance is off (scale ≤ 1)
     eps_cond: torch.Tensor
@@ -148,7 +148,8 @@ class StableDiffusion:
         width = width or self.unet.config.sample_size * self.vae_scale
         for name, size in (("height", height), ("width", width)):
             if size % self.vae_scale or size <= 0:
-                raise ValueError(f"{name} {size} is not a positive multiple of {self.vae_scale}; try {size // 8 * 8}")
+                hint = max(size // self.vae_scale, 1) * self.vae_scale
+                raise ValueError(f"{name} {size} is not a positive multiple of {self.vae_scale}; try {hint}")
         sched = self._scheduler(scheduler)
         sched.set_timesteps(steps)
         generator = make_generator(seed)
@@ -279,14 +280,6 @@ def randn(shape, generator: torch.Generator, device: torch.device, dtype: torch.
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def load_pipeline(
     path: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -331,19 +324,50 @@ def load_pipeline(
 
 
 def load_scheduler(path: Path) -> Scheduler:
-    """A model folder's ``scheduler/scheduler_config.json``; SD v1.5's PNDM for a single file."""
+    """A model folder's ``scheduler/scheduler_config.json``, read as diffusers reads it; SD v1.5's for a file.
+
+    An entry the file leaves out takes the default of the diffusers class it names (``make_scheduler`` alone
+    would take SD v1.5's): an old Euler config without ``timestep_spacing`` means "linspace" there.
+    """
     folder = path / "scheduler" if path.is_dir() else None
     if folder is None or not (folder / "scheduler_config.json").is_file():
-        if path.is_dir() and component_folder(path, "unet") is not None and path.joinpath("model_index.json").exists():
+        if path.is_dir() and (path / "model_index.json").is_file():
             raise CheckpointError(f"{path} has no scheduler/scheduler_config.json; re-download the model folder")
         return make_scheduler(SD15_SCHEDULER)
     config = json.loads((folder / "scheduler_config.json").read_text())
-    name = SCHEDULER_CLASSES.get(config.get("_class_name", ""))
-    if name is None:
+    class_name = config.get("_class_name", "")
+    if class_name not in SCHEDULER_CLASSES:
         warnings.warn(
-            f"the model's scheduler {config.get('_class_name')!r} is not implemented; using PNDM with its noise "
-            f"schedule. Pick another with scheduler= ({', '.join(SCHEDULERS)})",
+            f"the model's scheduler {class_name!r} is not implemented; using PNDM on its noise schedule. "
+            f"Pick another with scheduler= ({', '.join(SCHEDULERS)})",
             stacklevel=3,
         )
-        name = SD15_SCHEDULER
-    return make_scheduler(name, config)
+        schedule = {k: v for k, v in config.items() if k in NOISE_SCHEDULE}
+        return make_scheduler(SD15_SCHEDULER, DIFFUSERS_DEFAULTS | CLASS_DEFAULTS["PNDMScheduler"] | schedule)
+    if class_name == "PNDMScheduler" and not config.get("skip_prk_steps", False):
+        warnings.warn(
+            "the model's PNDM config asks for Runge-Kutta warm-up steps (skip_prk_steps false), which minisd does "
+            "not implement: using PLMS as every SD release does, so pictures differ from diffusers'",
+            stacklevel=3,
+        )
+    return make_scheduler(SCHEDULER_CLASSES[class_name], DIFFUSERS_DEFAULTS | CLASS_DEFAULTS[class_name] | config)
+
+
+# diffusers' scheduler classes' own defaults for the entries minisd reads (their __init__ arguments).
+DIFFUSERS_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 0,
+}
+CLASS_DEFAULTS = {
+    "DDPMScheduler": {"timestep_spacing": "leading", "clip_sample": True},
+    "DDIMScheduler": {"timestep_spacing": "leading", "clip_sample": True, "set_alpha_to_one": True},
+    "PNDMScheduler": {"timestep_spacing": "leading", "set_alpha_to_one": False},
+    "EulerDiscreteScheduler": {"timestep_spacing": "linspace"},
+    "EulerAncestralDiscreteScheduler": {"timestep_spacing": "linspace"},
+    "DPMSolverMultistepScheduler": {"timestep_spacing": "linspace"},
+}
+NOISE_SCHEDULE = (*DIFFUSERS_DEFAULTS, "timestep_spacing", "trained_betas")

@@ -373,8 +373,8 @@ class DDIM(Scheduler):
 class PNDM(Scheduler):
     """PLMS, the pseudo linear multistep method of Liu et al. 2022, as SD runs it (diffusers' skip_prk_steps).
 
-    The first step is an improved-Euler (Heun) step, so the model is called twice at the first timestep:
-    ``timesteps`` lists its successor twice (981, 961, 961, 941 … for 50 steps).
+    The first step is an improved-Euler (Heun) step, which needs the model at the first timestep and twice at
+    the second: ``timesteps`` lists the second one twice (981, 961, 961, 941 … for 50 steps).
     """
 
     name = "pndm"
@@ -512,11 +512,12 @@ class Euler(SigmaScheduler):
     def step(self, model_output, t, x, generator=None) -> StepOutput:
         i = self._index(t)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x = x.float()  # the update in fp32 under fp16/bf16 models (as diffusers), the result cast back
         x0 = self._x0(model_output, x, sigma)
         # Karras et al. 2022, Alg. 1 lines 4–5 without Heun's correction: d = (x − x̂0)/σ, x' = x + (σ' − σ)·d
         d = (x - x0) / sigma
         self._step_index = i + 1
-        return StepOutput(x + d * (sigma_next - sigma), x0)
+        return StepOutput((x + d * (sigma_next - sigma)).to(model_output.dtype), x0)
 
 
 class EulerAncestral(Euler):
@@ -531,6 +532,7 @@ class EulerAncestral(Euler):
     def step(self, model_output, t, x, generator=None) -> StepOutput:
         i = self._index(t)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x = x.float()  # the update in fp32 under fp16/bf16 models (as diffusers), the result cast back
         x0 = self._x0(model_output, x, sigma)
         # Split σ_next² = σ_down² + σ_up² so the added noise has DDPM's posterior variance (Ho et al. 2020 eq. 7,
         # in σ form): σ_up = √(σ_next²(σ² − σ_next²)/σ²).
@@ -539,7 +541,7 @@ class EulerAncestral(Euler):
         d = (x - x0) / sigma
         prev = x + d * (sigma_down - sigma) + _randn_like(model_output, generator) * sigma_up
         self._step_index = i + 1
-        return StepOutput(prev, x0)
+        return StepOutput(prev.to(model_output.dtype), x0)
 
 
 class DPMSolverPP2M(SigmaScheduler):
@@ -591,6 +593,7 @@ class DPMSolverPP2M(SigmaScheduler):
         alpha_s, sigma_s = _alpha_sigma(self.sigmas[i])
         alpha_t, sigma_t = _alpha_sigma(self.sigmas[i + 1])
         x0 = _x0_from_output(model_output, x, alpha_s, sigma_s, self.config.prediction_type)
+        x = x.float()  # the update in fp32 under fp16/bf16 models (as diffusers), the result cast back
         h = _lambda(alpha_t, sigma_t) - _lambda(alpha_s, sigma_s)
 
         cfg = self.config
@@ -607,7 +610,7 @@ class DPMSolverPP2M(SigmaScheduler):
         # x_t = (σ_t/σ_s)·x_s − α_t·(e^{−h} − 1)·D
         prev = (sigma_t / sigma_s) * x - (alpha_t * (torch.exp(-h) - 1.0)) * D
         self._prev_x0, self._step_index = x0, i + 1
-        return StepOutput(prev, x0)
+        return StepOutput(prev.to(model_output.dtype), x0)
 
 
 def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,8 +98,8 @@ class CLIPTokenizer:
         """Build from a diffusers/transformers ``tokenizer/`` folder.
 
         The public SD folders hold ``vocab.json`` + ``merges.txt``; transformers ≥ 5 saves ``tokenizer.json``
-        alone. The pad token is read from ``tokenizer_config.json`` or ``special_tokens_map.json`` when present
-        (SD2.x pads with ``!``, id 0).
+        alone. The pad token is read from ``special_tokens_map.json``, else ``tokenizer_config.json`` (SD2.x's
+        map says ``!``, id 0, while its config still says ``<|endoftext|>``).
         """
         folder = Path(folder)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
@@ -115,7 +115,7 @@ class CLIPTokenizer:
                 f"tokenizer: {folder} has no vocab.json + merges.txt (nor tokenizer.json); is it a tokenizer folder?"
             )
         pad_token = None
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the map wins, as in transformers
             if (folder / name).is_file():
                 pad_token = json.loads((folder / name).read_text(encoding="utf-8")).get("pad_token")
                 if isinstance(pad_token, dict):  # {"content": "!", ...} in special_tokens_map.json

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.func import functional_call
 
 from .checkpoints import JsonConfig, load_component
 from .unet import Attention, ResnetBlock2D, Upsample2D
@@ -222,12 +223,12 @@ class AutoencoderKL(nn.Module):
         An fp16 model with ``force_upcast`` decodes in fp32 (SD's VAE decoder overflows fp16's range of
         ±65504 in its last blocks and returns inf/NaN) and returns fp16 images.
         """
-        if self.dtype == torch.float16 and self.config.force_upcast:
-            self.float()
-            try:
-                return self.decode(z.float()).half()
-            finally:
-                self.half()
+        if self.dtype == torch.float16 and self.config.force_upcast:  # fp32 copies of the weights, for this call
+
+            def fp32(module: nn.Module, *args):
+                return functional_call(module, {k: v.float() for k, v in module.state_dict().items()}, args)
+
+            return fp32(self.decoder, fp32(self.post_quant_conv, z.float())).half()
         return self.decoder(self.post_quant_conv(z.to(self.dtype)))
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

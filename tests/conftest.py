@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,10 @@ DATA = Path(__file__).parent / "data"
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+if os.environ.get("PYTEST_XDIST_WORKER"):  # share the cores between workers: oversubscribed threads crawl
+    THREADS = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1)))
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # and the command-line tests' subprocesses
 
 
 @torch.no_grad()

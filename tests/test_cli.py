@@ -84,7 +84,7 @@ def test_single_file_with_config_folder(folder, tmp_path):
     [
         (["generate", "x", "--stepz", "3"], "unrecognized arguments: --stepz"),
         (["generate", "x", "--scheduler", "lms"], "invalid choice: 'lms'"),
-        (["generate", "x", "--height", "50"], "--height 50 is not a positive multiple of 8"),
+        (["generate", "x", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["generate", "x", "--out", "pic.gif"], "give a .png"),
         (["img2img", "x", "--image", "absent.png"], "--image absent.png does not exist"),
         (["inspect", "absent.safetensors"], "does not exist"),
@@ -128,3 +128,48 @@ def test_inspect_finds_ema_and_other_tensors(tmp_path):
     proc = run("inspect", str(tmp_path / "f.safetensors"))
     assert proc.returncode == 0, proc.stderr
     assert "EMA weights: present" in proc.stdout and "alphas_cumprod" in proc.stdout
+
+
+def test_size_errors_come_from_the_model(folder, tmp_path):
+    out = tmp_path / "pic.png"
+    proc = run("generate", "x", "--weights", str(folder), "--height", "33", "--out", str(out))
+    assert_one_line_error(proc, "height 33 is not a positive multiple of 2; try 32")  # the tiny VAE's factor
+    assert not out.exists()
+
+
+def test_missing_gpu_is_one_line(monkeypatch, capsys, tmp_path):
+    from minisd import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["generate", "x", "--device", "cuda", "--out", str(tmp_path / "p.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "minisd: error: --device cuda: this PyTorch sees no CUDA GPU (a CPU build, or no driver)"
+    )
+
+
+def test_failure_while_writing_leaves_no_file(folder, tmp_path, monkeypatch, capsys):
+    """A write that fails after the pictures exist (here: the second of three files) leaves none of them."""
+    from minisd import cli
+
+    real_save, calls = Image.Image.save, []
+
+    def failing_save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    args = ["generate", "x", "--weights", str(folder), "--steps", "2", "--num-images", "2"]
+    args += ["--out", str(tmp_path / "pic.png"), "--trace", str(tmp_path / "trace")]
+    assert cli.main(args) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_trace_into_a_file_is_one_line(folder, tmp_path):
+    (tmp_path / "taken").write_text("")
+    proc = run("generate", "x", "--weights", str(folder), "--steps", "2", "--out", str(tmp_path / "p.png"),
+               "--trace", str(tmp_path / "taken"))  # fmt: skip
+    assert_one_line_error(proc, "is a file, not a folder")
+    assert not (tmp_path / "p.png").exists()

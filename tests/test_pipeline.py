@@ -63,14 +63,16 @@ def test_text_to_image_equals_diffusers(model, name):
     assert_pixels_close(ours.images, reference_txt2img(ref, folder, name, "np"))
 
 
-@pytest.mark.parametrize("name", ["pndm", "euler_ancestral"])
+@pytest.mark.parametrize("name", list(minisd.SCHEDULERS))
 def test_compvis_single_file_equals_diffusers(model, name):
     ref, folder, file = model
     pipe = minisd.load_pipeline(file, config=folder)  # a single file of another shape than SD1.x
     ours = pipe.text_to_image(
-        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80, progress=False
-    )
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80,
+        eta=eta_for(name), progress=False,
+    )  # fmt: skip
     assert max_rel_err(ours.latents, reference_txt2img(ref, folder, name, "latent")) <= TOL
+    assert_pixels_close(ours.images, reference_txt2img(ref, folder, name, "np"))
 
 
 def test_negative_control_other_seed_differs(model):
@@ -100,23 +102,31 @@ def test_guidance_off_and_batches(model):
     assert all(step.eps_uncond is None for step in ours.trace)
 
 
-def test_trace_and_callback(model):
-    _, folder, _ = model
+@pytest.mark.parametrize("name", ["ddim", "euler_ancestral", "dpmpp_2m"])
+def test_trace_and_callback_equal_diffusers_steps(model, name):
+    """Each step's x_t in the trace is the latent diffusers' pipeline holds at that step."""
+    ref, folder, _ = model
     pipe = minisd.load_pipeline(folder)
     seen = []
     result = pipe.text_to_image(
-        PROMPT, steps=5, scheduler="ddim", height=32, width=48, trace=True, progress=False,
-        on_step=lambda i, t, x, x0: seen.append((i, t)),
+        PROMPT, NEGATIVE, steps=6, guidance_scale=6.0, scheduler=name, seed=7, height=32, width=48, trace=True,
+        eta=eta_for(name), progress=False, on_step=lambda i, t, x, x0: seen.append(t),
     )  # fmt: skip
-    assert [t for _, t in seen] == result.timesteps == [s.t for s in result.trace]
-    assert len(result.trace) == 5
-    sched = minisd.make_scheduler("ddim", pipe.scheduler.config)
-    sched.set_timesteps(5)
-    for now, after in zip(result.trace, result.trace[1:], strict=False):
-        # the trace holds what the loop used: re-running the step gives the next x_t
-        eps = now.eps_uncond + 7.5 * (now.eps_cond - now.eps_uncond)
-        torch.testing.assert_close(sched.step(eps, now.t, now.x_t).prev_sample, after.x_t)
-        assert now.pred_x0.shape == now.x_t.shape == now.eps_cond.shape
+    assert seen == result.timesteps == [s.t for s in result.trace] and len(seen) == 6
+    theirs = []
+
+    def keep(pipe_, i, t, kwargs):
+        theirs.append(kwargs["latents"].clone())  # the latents after step i
+        return kwargs
+
+    reference_txt2img(
+        ref, folder, name, "latent", num_inference_steps=6, height=32, width=48, callback_on_step_end=keep
+    )
+    for step, after in zip(result.trace[1:], theirs, strict=False):
+        assert max_rel_err(step.x_t, after) <= TOL
+    assert max_rel_err(result.latents, theirs[-1]) <= TOL
+    for step in result.trace:
+        assert step.pred_x0.shape == step.x_t.shape == step.eps_cond.shape == step.eps_uncond.shape
 
 
 def test_default_size_and_seed(model):
@@ -185,3 +195,67 @@ def test_components_are_the_earlier_issues(model):
     assert isinstance(pipe.unet, minisd.UNet2DConditionModel)
     assert isinstance(pipe.vae, minisd.AutoencoderKL)
     assert type(pipe.scheduler).__name__ == "PNDM"  # as the folder's scheduler_config.json says
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp_2m"])
+def test_sd2_shaped_model_equals_diffusers(tmp_path, name):
+    """gelu text encoder, "!" padding, linear projections, per-level heads, upcast attention, v-prediction."""
+    ref = build_reference(seed=5, sd2=True)
+    folder = save_diffusers(ref, tmp_path / "sd2")
+    pipe = minisd.load_pipeline(folder)
+    assert pipe.tokenizer.pad_id == 0 and pipe.scheduler.config.prediction_type == "v_prediction"
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80,
+        eta=eta_for(name), progress=False,
+    )  # fmt: skip
+    assert max_rel_err(ours.latents, reference_txt2img(ref, folder, name, "latent")) <= TOL
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler_ancestral", "dpmpp_2m"])
+def test_bfloat16_pipeline_equals_diffusers(model, tmp_path, name):
+    """Both in bf16 on the CPU: same weights, same seed, same arithmetic up to bf16 rounding."""
+    ref, folder, _ = model
+    pipe = minisd.load_pipeline(folder, dtype=torch.bfloat16)
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80,
+        eta=eta_for(name), progress=False,
+    )  # fmt: skip
+    ref_bf16 = type(ref)(**{k: v.to(torch.bfloat16) if hasattr(v, "to") else v for k, v in ref.components.items()})
+    latents = reference_txt2img(ref_bf16, folder, name, "latent")
+    assert ours.latents.dtype == latents.dtype == torch.bfloat16
+    assert max_rel_err(ours.latents.float(), latents.float()) <= 2e-2
+    assert all(np.isfinite(np.asarray(im)).all() for im in ours.images)
+
+
+@pytest.mark.parametrize("name", list(minisd.SCHEDULERS))
+def test_model_folder_scheduler_is_read_as_diffusers_reads_it(tmp_path, name):
+    """A scheduler_config.json that leaves entries out: they take the named diffusers class's defaults."""
+    import json
+
+    from minisd.pipeline import SCHEDULER_CLASSES, load_scheduler
+
+    class_name = {v: k for k, v in SCHEDULER_CLASSES.items()}[name]
+    (tmp_path / "scheduler").mkdir()
+    config = {"_class_name": class_name, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    config["skip_prk_steps"] = True  # every SD release's PNDM; minisd has no Runge-Kutta warm-up
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    ours = load_scheduler(tmp_path)
+    theirs = reference_scheduler(tmp_path, name)
+    ours.set_timesteps(20)
+    theirs.set_timesteps(20)
+    assert torch.equal(ours.timesteps.float(), theirs.timesteps.float()), (ours.timesteps, theirs.timesteps)
+    assert ours.config.clip_sample == theirs.config.get("clip_sample", False)
+    assert ours.config.set_alpha_to_one == theirs.config.get("set_alpha_to_one", False)
+
+
+def test_unknown_scheduler_class_falls_back_with_a_warning(tmp_path):
+    import json
+
+    from minisd.pipeline import load_scheduler
+
+    (tmp_path / "scheduler").mkdir()
+    config = {"_class_name": "UniPCMultistepScheduler", "solver_type": "bh2", "beta_schedule": "scaled_linear"}
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="'UniPCMultistepScheduler' is not implemented; using PNDM"):
+        sched = load_scheduler(tmp_path)
+    assert sched.config.beta_schedule == "scaled_linear"

@@ -479,3 +479,22 @@ def test_other_bad_calls():
         make_scheduler("ddpm").add_noise(x, x, torch.tensor([3, 1000]))
     with pytest.raises(TypeError, match="config must be a dict"):
         make_scheduler("ddim", "scaled_linear")
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_trajectory_matches_diffusers(name, dtype):
+    """Under fp16/bf16 models the σ samplers update in fp32 and cast back (as diffusers); all keep the dtype."""
+    ours, ref = make_scheduler(name), reference(name)
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    x = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * ours.init_noise_sigma).to(dtype)
+    x_ref = x.clone()
+    g, g_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    kw = {"generator": g_ref} if "generator" in inspect.signature(ref.step).parameters else {}
+    for t, t_ref in zip(ours.timesteps, ref.timesteps, strict=True):
+        out = ours.step(model(ours.scale_model_input(x, t), t).to(dtype), t, x, generator=g)
+        out_ref = ref.step(model(ref.scale_model_input(x_ref, t_ref), t_ref).to(dtype), t_ref, x_ref, **kw)
+        x, x_ref = out.prev_sample, out_ref.prev_sample
+        assert x.dtype == x_ref.dtype == dtype
+        assert max_rel_err(x.float(), x_ref.float()) <= (2e-3 if dtype == torch.float16 else 2e-2)

@@ -204,7 +204,11 @@ def test_ema_weights_are_selectable(tmp_path):
         got = minisd.load_unet(file, config=cfg, ema=ema)(x, t, c)
         assert max_rel_err(got, expected(x, t, c).sample) <= TOL, ema
     plain = tmp_path / "plain.safetensors"
-    compvis_file(ref, plain)
+    state = compvis_file(ref, plain)
+    # EMA-only releases keep LitEma's bookkeeping (decay, num_updates) without an EMA copy of the UNet.
+    save_file(state | {"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1)}, plain)
+    got = minisd.load_unet(plain, config=cfg)(x, t, c)
+    assert max_rel_err(got, ref(x, t, c).sample) <= TOL
     with pytest.raises(minisd.CheckpointError, match="holds no EMA weights"):
         minisd.load_unet(plain, config=cfg, ema=True)
 
@@ -217,6 +221,12 @@ def test_diffusers_folder_loads(tmp_path):
         ours = minisd.load_unet(path)
         x, t, c = inputs(ours.config)
         assert max_rel_err(ours(x, t, c), ref(x, t, c).sample) <= TOL
+    # A folder holding only the half-precision variant (diffusion_pytorch_model.fp16.safetensors) loads too.
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.half() for k, v in ref.state_dict().items()}, weights.with_suffix(".fp16.safetensors"))
+    weights.unlink()
+    ours = minisd.load_unet(tmp_path)
+    assert ours.dtype == torch.float32 and max_rel_err(ours(x, t, c), ref(x, t, c).sample) <= 1e-2
 
 
 def test_full_sd1_keys_match_real_checkpoint():

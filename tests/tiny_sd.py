@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,7 @@ UNET = dict(
     attention_head_dim=4,
     norm_num_groups=8,
 )
+SD2_UNET = dict(use_linear_projection=True, attention_head_dim=[2, 4], upcast_attention=True)
 VAE = dict(
     block_out_channels=(32, 64),
     down_block_types=("DownEncoderBlock2D",) * 2,
@@ -43,34 +45,43 @@ SCHEDULER = dict(
     beta_end=0.012,
     beta_schedule="scaled_linear",
     num_train_timesteps=1000,
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
     steps_offset=1,
 )
 
 
-def build_reference(seed: int = 0):
-    """A diffusers StableDiffusionPipeline with small, perturbed random networks and the real CLIP vocabulary."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def build_reference(seed: int = 0, sd2: bool = False):
+    """A diffusers StableDiffusionPipeline with small, perturbed random networks and the real CLIP vocabulary.
+
+    ``sd2``: shaped as SD 2.x instead: a gelu text encoder, padding with "!", linear projections and a head
+    count per level in the UNet with upcast attention, and a v-prediction DDIM scheduler, as SD 2.1 ships.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     from transformers import CLIPTokenizer as HFTokenizer
 
     torch.manual_seed(seed)
-    text_encoder = perturb_(CLIPTextModel(CLIPTextConfig(**TEXT)), seed).eval()
-    # Scale so that guidance and samplers see a UNet output of order one, as a trained one gives.
-    unet = perturb_(UNet2DConditionModel(**UNET), seed + 1, 0.05).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT, hidden_act="gelu" if sd2 else "quick_gelu"))
+    text_encoder = perturb_(text_encoder, seed).eval()
+    unet_config = UNET | (SD2_UNET if sd2 else {})
+    unet = perturb_(UNet2DConditionModel(**unet_config), seed + 1, 0.05).eval()
     vae = perturb_(AutoencoderKL(**VAE), seed + 2, 0.05).eval()
-    folder = Path(__import__("tempfile").mkdtemp()) / "tokenizer"
+    if sd2:
+        scheduler = DDIMScheduler(
+            **SCHEDULER, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False
+        )
+    else:
+        scheduler = PNDMScheduler(**SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False)
+    folder = Path(tempfile.mkdtemp()) / "tokenizer"
     write_vocab(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tokenizer = HFTokenizer.from_pretrained(folder, model_max_length=77)
+        tokenizer = HFTokenizer.from_pretrained(folder, model_max_length=77, pad_token="!" if sd2 else "<|endoftext|>")
         return StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=PNDMScheduler(**SCHEDULER),
+            scheduler=scheduler,
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
