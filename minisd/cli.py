@@ -117,22 +117,24 @@ def trace_grid(trace, pipe, cell: int = 128, columns: int = 10) -> Image.Image:
     return pipe.to_pil(torch.cat(rows, dim=-2)[None].clamp(0, 1))[0]
 
 
-def generate(args: argparse.Namespace) -> None:
-    paths = output_paths(args)
-    pipe = open_pipeline(args)
-    result = pipe.text_to_image(
-        args.prompt,
+def generation_options(args: argparse.Namespace) -> dict:
+    """The flags text-to-image and image-to-image share, as the pipeline's keyword arguments."""
+    return dict(
         negative_prompt=args.negative,
         steps=args.steps,
         guidance_scale=args.guidance,
         scheduler=args.scheduler,
         seed=args.seed,
-        height=args.height,
-        width=args.width,
         eta=args.eta,
         num_images=args.num_images,
         trace=bool(args.trace),
     )
+
+
+def generate(args: argparse.Namespace) -> None:
+    paths = output_paths(args)
+    pipe = open_pipeline(args)
+    result = pipe.text_to_image(args.prompt, height=args.height, width=args.width, **generation_options(args))
     write_results(result, paths, args.trace, pipe)
 
 
@@ -148,19 +150,7 @@ def img2img(args: argparse.Namespace) -> None:
     except OSError as e:
         raise UserError(f"--image {args.image} is not a picture PIL can read ({e})") from e
     pipe = open_pipeline(args)
-    result = pipe.image_to_image(
-        args.prompt,
-        image,
-        strength=args.strength,
-        negative_prompt=args.negative,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        eta=args.eta,
-        num_images=args.num_images,
-        trace=bool(args.trace),
-    )
+    result = pipe.image_to_image(args.prompt, image, strength=args.strength, **generation_options(args))
     write_results(result, paths, args.trace, pipe)
 
 
