@@ -95,6 +95,14 @@ def _same_value(value, expected) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
+class LightningObject:
+    """An inert stand-in, unpickled in place of the PyTorch Lightning objects that SD's training code saved
+    beside the weights (a ``callbacks`` entry); nothing of theirs is imported or run."""
+
+
+LIGHTNING_OBJECTS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
+
+
 def read_weights(path: str | Path, prefixes: tuple[str, ...] | None = None) -> StateDict:
     """The tensors of a ``.safetensors`` file or a pickled checkpoint (read with ``weights_only=True``).
 
@@ -117,12 +125,13 @@ def read_weights(path: str | Path, prefixes: tuple[str, ...] | None = None) -> S
             f"{path}: unknown weights format {path.suffix!r}; use .safetensors (preferred) or .ckpt/.pt/.bin"
         )
     try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # files from before PyTorch 1.6's zip format cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([(LightningObject, name) for name in LIGHTNING_OBJECTS]):
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:  # files from before PyTorch 1.6's zip format cannot be memory-mapped
+                if "mmap" not in str(e):
+                    raise
+                data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} holds Python objects besides tensors, which minisd will not unpickle (it could run code). "

@@ -48,12 +48,16 @@ def save_atomically(pictures: dict[Path, Image.Image]) -> None:
     """Write every picture to a temporary file beside its target, then rename them all: a failure part-way
     (a full disk, an unwritable folder) leaves neither half-written pictures nor some of the set."""
     written: list[tuple[str, Path]] = []
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, image in pictures.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
             os.close(fd)
             written.append((tmp, path))
             image.save(tmp)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a picture gets the usual mode
         for tmp, path in written:
             os.replace(tmp, path)
     except OSError as e:
@@ -73,6 +77,12 @@ def output_paths(args: argparse.Namespace) -> list[Path]:
         raise UserError(f"--out {args.out}: folder {path.parent} does not exist")
     if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
         raise UserError(f"--trace {args.trace} is a file, not a folder")
+    for flag, value in (("--steps", args.steps), ("--num-images", args.num_images)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: need at least 1")
+    for flag in ("height", "width"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: need a positive number of pixels")
     n = args.num_images
     return [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
 
@@ -92,7 +102,6 @@ def open_pipeline(args: argparse.Namespace):
 def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> None:
     pictures = dict(zip(paths, result.images, strict=True))
     if trace_dir:
-        Path(trace_dir).mkdir(parents=True, exist_ok=True)
         pictures[Path(trace_dir) / "trace.png"] = trace_grid(result.trace, pipe)
     save_atomically(pictures)
     for path in pictures:

@@ -144,8 +144,8 @@ class StableDiffusion:
     ) -> Result:
         """Generate ``num_images`` pictures per prompt. See the module docstring for the steps."""
         prompts, negatives = self._prompts(prompt, negative_prompt, num_images)
-        height = height or self.unet.config.sample_size * self.vae_scale
-        width = width or self.unet.config.sample_size * self.vae_scale
+        native = self.unet.config.sample_size * self.vae_scale
+        height, width = native if height is None else height, native if width is None else width
         for name, size in (("height", height), ("width", width)):
             if size % self.vae_scale or size <= 0:
                 hint = max(size // self.vae_scale, 1) * self.vae_scale

@@ -44,7 +44,7 @@ class VAEConfig(JsonConfig):
     norm_num_groups: int = 32
     sample_size: int = 512
     scaling_factor: float = 0.18215
-    force_upcast: bool = True  # decode in fp32 when the model is fp16: SD's VAE overflows fp16
+    force_upcast: bool = True  # decode in fp32 when the model is fp16 (diffusers' default for this entry)
     down_block_types: list[str] = field(default_factory=lambda: ["DownEncoderBlock2D"] * 4)
     up_block_types: list[str] = field(default_factory=lambda: ["UpDecoderBlock2D"] * 4)
 
@@ -220,8 +220,10 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) unscaled latents -> (B, 3, 8h, 8w) images, about [−1, 1] (not clamped).
 
-        An fp16 model with ``force_upcast`` decodes in fp32 (SD's VAE decoder overflows fp16's range of
-        ±65504 in its last blocks and returns inf/NaN) and returns fp16 images.
+        An fp16 model with ``force_upcast`` (true unless its config.json says false) decodes in fp32 and returns
+        fp16: the decoder's last blocks reach large activations, and a VAE that leaves fp16's range of ±65504
+        returns inf/NaN (SDXL's does; SD1.x/2.x's mostly stay inside). diffusers' SD1/SD2 pipelines decode in
+        fp16, so fp16 pictures can differ from theirs in the last bits (the latents do not).
         """
         if self.dtype == torch.float16 and self.config.force_upcast:  # fp32 copies of the weights, for this call
 

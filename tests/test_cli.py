@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def test_generate_writes_the_api_picture(folder, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(api.images[0]))
     assert (tmp_path / "trace" / "trace.png").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a picture, not an owner-only temporary file
 
 
 def test_python_dash_m_and_num_images(folder, tmp_path):
@@ -85,6 +89,8 @@ def test_single_file_with_config_folder(folder, tmp_path):
         (["generate", "x", "--stepz", "3"], "unrecognized arguments: --stepz"),
         (["generate", "x", "--scheduler", "lms"], "invalid choice: 'lms'"),
         (["generate", "x", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["generate", "x", "--height", "0"], "--height 0: need a positive number of pixels"),
+        (["generate", "x", "--steps", "0"], "--steps 0: need at least 1"),
         (["generate", "x", "--out", "pic.gif"], "give a .png"),
         (["img2img", "x", "--image", "absent.png"], "--image absent.png does not exist"),
         (["inspect", "absent.safetensors"], "does not exist"),

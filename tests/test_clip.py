@@ -184,6 +184,30 @@ class Exploit:
         return (print, ("this must never run",))
 
 
+def test_lightning_checkpoint_loads(small_hf, tmp_path, monkeypatch):
+    """SD's .ckpt releases carry a PyTorch Lightning ModelCheckpoint callback beside the weights: it is read as an
+    inert stand-in (Lightning itself is neither needed nor imported)."""
+    import types
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:  # what the training code pickled, in its module's name
+        def __init__(self):
+            self.monitor, self.best_model_score = "val/loss_simple_ema", torch.tensor(0.5)
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    file = tmp_path / "sd-v1-4.ckpt"
+    torch.save({"state_dict": compvis_state(small_hf), "callbacks": {"ModelCheckpoint": ModelCheckpoint()}}, file)
+    monkeypatch.undo()  # Lightning is gone again before loading
+    assert "pytorch_lightning" not in sys.modules
+    te = minisd.load_text_encoder(file, config=CLIPTextConfig.from_dict(small_hf.config.to_dict()))
+    assert compare(small_hf, te, ids())[0] <= TOL
+
+
 def test_pickle_with_code_is_refused(tmp_path):
     file = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Exploit()}, file)
