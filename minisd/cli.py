@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoints import CheckpointError, describe
+from .checkpoints import CheckpointError
+from .inspection import describe
 from .schedulers import SCHEDULERS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
