@@ -1,4 +1,4 @@
-"""Peak-memory measurement shared by the benchmark scripts."""
+"""What the benchmark scripts share: the same random weights on both sides, and peak-memory measurement."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def with_random_weights(reference: torch.nn.Module, minisd_cls: type, impl: str, device: str, dtype: torch.dtype):
+    """``reference`` (built on the meta device) or minisd's ``minisd_cls()``, holding the same seeded random
+    weights of a plausible scale (timings do not depend on the values)."""
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in reference.state_dict().items()}
+    if impl == "diffusers":
+        model = reference
+    else:
+        with torch.device("meta"):  # as the reference: no allocation before the weights arrive
+            model = minisd_cls()
+    model.load_state_dict(state, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def peak_memory_mib(fn: Callable[[], object], device: str = "cpu") -> float:

@@ -19,7 +19,7 @@ import sys
 import time
 
 import torch
-from measure import peak_memory_mib
+from measure import peak_memory_mib, with_random_weights
 
 
 def build(impl: str, device: str, dtype: torch.dtype):
@@ -27,7 +27,6 @@ def build(impl: str, device: str, dtype: torch.dtype):
 
     from minisd.unet import UNet2DConditionModel
 
-    torch.manual_seed(0)
     with torch.device("meta"):
         ref = Reference(
             cross_attention_dim=768,
@@ -36,15 +35,7 @@ def build(impl: str, device: str, dtype: torch.dtype):
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
-    # Random weights of a plausible scale; timings do not depend on the values.
-    state = {k: torch.randn(v.shape) * 0.02 for k, v in ref.state_dict().items()}
-    if impl == "diffusers":
-        model = ref
-    else:
-        with torch.device("meta"):  # as the reference: no allocation before the weights arrive
-            model = UNet2DConditionModel()
-    model.load_state_dict(state, assign=True)
-    return model.to(device=device, dtype=dtype).eval()
+    return with_random_weights(ref, UNet2DConditionModel, impl, device, dtype)
 
 
 def inputs(args, device, dtype):

@@ -17,7 +17,7 @@ import sys
 import time
 
 import torch
-from measure import peak_memory_mib
+from measure import peak_memory_mib, with_random_weights
 
 
 def build(impl: str, device: str, dtype: torch.dtype):
@@ -32,15 +32,7 @@ def build(impl: str, device: str, dtype: torch.dtype):
             up_block_types=("UpDecoderBlock2D",) * 4,
             layers_per_block=2,
         )
-    g = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in ref.state_dict().items()}
-    if impl == "diffusers":
-        model = ref
-    else:
-        with torch.device("meta"):  # as the reference: no allocation before the weights arrive
-            model = AutoencoderKL()
-    model.load_state_dict(state, assign=True)
-    return model.to(device=device, dtype=dtype).eval()
+    return with_random_weights(ref, AutoencoderKL, impl, device, dtype)
 
 
 def child(args) -> None:

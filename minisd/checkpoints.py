@@ -79,9 +79,6 @@ class JsonConfig:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON ({e}); re-download the model folder") from e
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
 
 def _same_value(value, expected) -> bool:
     """Equal, or a per-level list of that one value (``only_cross_attention: [false, false, ...]``)."""

@@ -142,10 +142,6 @@ class CLIPTextModel(nn.Module):
             x = block(x)
         return self.text_model.final_layer_norm(x)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text_model.final_layer_norm.weight.dtype
-
 
 def load_text_encoder(
     path: str | Path,
