@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 StateDict = dict[str, torch.Tensor]
@@ -170,6 +171,30 @@ LAYOUTS = {
     "unet": Layout("unet", DIFFUSION_FILES, "model.diffusion_model."),
     "vae": Layout("vae", DIFFUSION_FILES, "first_stage_model."),
 }
+
+# What diffusers/transformers read from each component's config.json besides the fields of minisd's configs.
+CONFIG_HEADERS = {
+    "text_encoder": {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model"},
+    "unet": {"_class_name": "UNet2DConditionModel"},
+    "vae": {"_class_name": "AutoencoderKL"},
+}
+DIFFUSERS_VERSION = "0.42.1"  # the version whose layout the written folders follow
+
+
+def save_component(name: str, folder: Path, model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Write ``model`` as the diffusers subfolder ``name``: config.json (every field written out) and weights."""
+    sub = Path(folder) / LAYOUTS[name].folder
+    sub.mkdir(parents=True, exist_ok=True)
+    config = CONFIG_HEADERS[name] | dataclasses.asdict(model.config)
+    if name == "text_encoder":  # transformers also wants the special tokens and a projection width
+        config |= {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+        config |= {"projection_dim": model.config.hidden_size}
+        config["dtype"] = "float32"  # load as fp32 whatever the files' dtype (transformers keeps it otherwise)
+    else:
+        config["_diffusers_version"] = DIFFUSERS_VERSION
+    (sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, sub / LAYOUTS[name].files[0], metadata={"format": "pt"})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -192,6 +192,19 @@ def demo(args: argparse.Namespace) -> None:
     run_demo(args.prompt, Path(args.out), find_weights())
 
 
+def train(args: argparse.Namespace) -> None:
+    from .train import Settings
+    from .train import train as run_training
+
+    settings = Settings.quick(Path(args.out), args.seed) if args.quick else Settings(Path(args.out), args.seed)
+    for name in ("vae_steps", "unet_steps"):
+        if getattr(args, name) is not None:
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: need at least 1")
+            setattr(settings, name, getattr(args, name))
+    print(f"model written to {run_training(settings, resume=args.resume)}")
+
+
 def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None:
     p.add_argument("prompt")
     p.add_argument("--negative", default="", help="negative prompt (what to steer away from)")
@@ -228,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="what a checkpoint holds")
     p.add_argument("path")
     p.set_defaults(run=inspect)
+
+    p = sub.add_parser("train", help="train minisd-tiny, a small SD, on the shapes world (see minisd/train.py)")
+    p.add_argument("--out", required=True, help="folder for the model, its training state and loss curves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, help="VAE training steps (default 700)")
+    p.add_argument("--unet-steps", type=int, help="text encoder + UNet training steps (default 2800)")
+    p.add_argument("--quick", action="store_true", help="a few steps at a small batch: a smoke test")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.set_defaults(run=train)
 
     p = sub.add_parser("demo", help="generate a picture and its denoising trace into outputs/")
     p.add_argument("prompt", nargs="?", default="a photograph of an astronaut riding a horse")

@@ -125,6 +125,18 @@ class CLIPTokenizer:
         pad_id = vocab.get(pad_token) if pad_token is not None else None
         return cls(vocab, merges, pad_id)
 
+    def save(self, folder: str | Path) -> None:
+        """Write a transformers ``tokenizer/`` folder (vocab.json, merges.txt and the special tokens)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8")
+        merges = "\n".join(" ".join(pair) for pair in self.merge_rank)
+        (folder / "merges.txt").write_text(f"#version: 0.2\n{merges}\n", encoding="utf-8")
+        special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": self.id_to_token[self.pad_id]}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+        config = special | {"tokenizer_class": "CLIPTokenizer", "model_max_length": self.context_length}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
