@@ -194,6 +194,9 @@ class Trainer:
         self.s = settings
         self.rank, self.world = world()
         self.device = pick_device(self.rank)
+        # Denormal floats (|x| < 1.2e-38, e.g. in Adam's second moments) take a slow path on CPUs: without this
+        # the VAE's steps grew from 0.7 s to 15 s within 170 steps (measured). Flushing them to zero is harmless.
+        torch.set_flush_denormal(True)
         torch.manual_seed(settings.seed)  # the initial weights
         self.tokenizer = load_tokenizer()
         self.vae = AutoencoderKL(VAE).to(self.device)
