@@ -20,7 +20,6 @@ same picture as diffusers' StableDiffusionPipeline with the same weights.
 from __future__ import annotations
 
 import inspect
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,26 +30,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
-from .schedulers import SCHEDULERS, Scheduler, make_scheduler
+from .schedulers import Scheduler, load_scheduler, make_scheduler
 from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
 from .vae import AutoencoderKL, VAEConfig, load_vae
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "minisd-tiny"
-
-# diffusers' scheduler classes, as a model folder's scheduler_config.json names them, to minisd's names.
-SCHEDULER_CLASSES = {
-    "DDPMScheduler": "ddpm",
-    "DDIMScheduler": "ddim",
-    "PNDMScheduler": "pndm",
-    "EulerDiscreteScheduler": "euler",
-    "EulerAncestralDiscreteScheduler": "euler_ancestral",
-    "DPMSolverMultistepScheduler": "dpmpp_2m",
-}
-# The scheduler of SD v1.5's model folder: PNDM (PLMS), scaled_linear 0.00085-0.012, "leading", offset 1.
-SD15_SCHEDULER = "pndm"
 
 
 @dataclass
@@ -255,7 +241,7 @@ class StableDiffusion:
         return [p for p in prompts for _ in range(num_images)], [n for n in negatives for _ in range(num_images)]
 
     def _scheduler(self, name: str | None) -> Scheduler:
-        """The model's own scheduler, or another sampler on the model's noise schedule."""
+        """The model's own scheduler, or another built from its config as diffusers' ``Class.from_config``."""
         if name is None:
             return self.scheduler
         return make_scheduler(name, self.scheduler.config)
@@ -321,53 +307,3 @@ def load_pipeline(
         device,
         dtype,
     )
-
-
-def load_scheduler(path: Path) -> Scheduler:
-    """A model folder's ``scheduler/scheduler_config.json``, read as diffusers reads it; SD v1.5's for a file.
-
-    An entry the file leaves out takes the default of the diffusers class it names (``make_scheduler`` alone
-    would take SD v1.5's): an old Euler config without ``timestep_spacing`` means "linspace" there.
-    """
-    folder = path / "scheduler" if path.is_dir() else None
-    if folder is None or not (folder / "scheduler_config.json").is_file():
-        if path.is_dir() and (path / "model_index.json").is_file():
-            raise CheckpointError(f"{path} has no scheduler/scheduler_config.json; re-download the model folder")
-        return make_scheduler(SD15_SCHEDULER)
-    config = json.loads((folder / "scheduler_config.json").read_text())
-    class_name = config.get("_class_name", "")
-    if class_name not in SCHEDULER_CLASSES:
-        warnings.warn(
-            f"the model's scheduler {class_name!r} is not implemented; using PNDM on its noise schedule. "
-            f"Pick another with scheduler= ({', '.join(SCHEDULERS)})",
-            stacklevel=3,
-        )
-        schedule = {k: v for k, v in config.items() if k in NOISE_SCHEDULE}
-        return make_scheduler(SD15_SCHEDULER, DIFFUSERS_DEFAULTS | CLASS_DEFAULTS["PNDMScheduler"] | schedule)
-    if class_name == "PNDMScheduler" and not config.get("skip_prk_steps", False):
-        warnings.warn(
-            "the model's PNDM config asks for Runge-Kutta warm-up steps (skip_prk_steps false), which minisd does "
-            "not implement: using PLMS as every SD release does, so pictures differ from diffusers'",
-            stacklevel=3,
-        )
-    return make_scheduler(SCHEDULER_CLASSES[class_name], DIFFUSERS_DEFAULTS | CLASS_DEFAULTS[class_name] | config)
-
-
-# diffusers' scheduler classes' own defaults for the entries minisd reads (their __init__ arguments).
-DIFFUSERS_DEFAULTS = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "prediction_type": "epsilon",
-    "steps_offset": 0,
-}
-CLASS_DEFAULTS = {
-    "DDPMScheduler": {"timestep_spacing": "leading", "clip_sample": True},
-    "DDIMScheduler": {"timestep_spacing": "leading", "clip_sample": True, "set_alpha_to_one": True},
-    "PNDMScheduler": {"timestep_spacing": "leading", "set_alpha_to_one": False},
-    "EulerDiscreteScheduler": {"timestep_spacing": "linspace"},
-    "EulerAncestralDiscreteScheduler": {"timestep_spacing": "linspace"},
-    "DPMSolverMultistepScheduler": {"timestep_spacing": "linspace"},
-}
-NOISE_SCHEDULE = (*DIFFUSERS_DEFAULTS, "timestep_spacing", "trained_betas")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import warnings
 
 import numpy as np
@@ -11,9 +13,10 @@ from PIL import Image
 
 import minisd
 from minisd.pipeline import StableDiffusion
+from minisd.schedulers import SCHEDULER_CLASSES, load_scheduler
 
 from .conftest import max_rel_err
-from .tiny_sd import build_reference, reference_scheduler, save_compvis, save_diffusers
+from .tiny_sd import SD15_SCHEDULER_FILE, build_reference, reference_scheduler, save_compvis, save_diffusers
 
 PROMPT, NEGATIVE = "a red circle on a blue square", "blurry, low quality"
 TOL = 1e-4
@@ -51,6 +54,7 @@ def assert_pixels_close(ours: list[Image.Image], theirs: np.ndarray) -> None:
 
 @pytest.mark.parametrize("name", list(minisd.SCHEDULERS))
 def test_text_to_image_equals_diffusers(model, name):
+    """SD v1.5's scheduler file; diffusers swaps the sampler in with Class.from_config(pipe.scheduler.config)."""
     ref, folder, _ = model
     pipe = minisd.load_pipeline(folder)
     ours = pipe.text_to_image(
@@ -220,7 +224,9 @@ def test_bfloat16_pipeline_equals_diffusers(model, tmp_path, name):
         PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80,
         eta=eta_for(name), progress=False,
     )  # fmt: skip
-    ref_bf16 = type(ref)(**{k: v.to(torch.bfloat16) if hasattr(v, "to") else v for k, v in ref.components.items()})
+    # Copies: Module.to converts in place, and ``ref`` is shared by the module's tests.
+    components = {k: copy.deepcopy(v).to(torch.bfloat16) if hasattr(v, "to") else v for k, v in ref.components.items()}
+    ref_bf16 = type(ref)(**components)
     latents = reference_txt2img(ref_bf16, folder, name, "latent")
     assert ours.latents.dtype == latents.dtype == torch.bfloat16
     # bf16 keeps 8 bits of mantissa. DDIM and Euler ancestral round exactly as diffusers (0 measured); DPM-Solver++
@@ -229,17 +235,59 @@ def test_bfloat16_pipeline_equals_diffusers(model, tmp_path, name):
     assert all(np.isfinite(np.asarray(im)).all() for im in ours.images)
 
 
+def test_model_folder_holds_sd15s_scheduler_file(model):
+    """The real case the tests meet: SD v1.5's file has no timestep_spacing, so Euler, Euler ancestral and
+    DPM-Solver++ swapped in run their own default, "linspace", and DDPM, DDIM, PNDM "leading"."""
+    _, folder, _ = model
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text()) == SD15_SCHEDULER_FILE
+    pipe = minisd.load_pipeline(folder)
+    for name in minisd.SCHEDULERS:
+        ours, theirs = minisd.make_scheduler(name, pipe.scheduler.config), reference_scheduler(folder, name)
+        expected = "linspace" if name in ("euler", "euler_ancestral", "dpmpp_2m") else "leading"
+        assert ours.config.timestep_spacing == theirs.config.timestep_spacing == expected
+        ours.set_timesteps(8)
+        theirs.set_timesteps(8)
+        assert torch.equal(ours.timesteps.float(), theirs.timesteps.float())
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_ancestral", "dpmpp_2m"])
+def test_negative_control_model_spacing_kept_for_every_sampler(model, name):
+    """minisd's earlier reading kept the model's "leading" for every sampler: 4.6e-1 to 5.0e-1 measured."""
+    ref, folder, _ = model
+    pipe = minisd.load_pipeline(folder)
+    pipe.scheduler = minisd.make_scheduler("pndm", {**SD15_SCHEDULER_FILE, "timestep_spacing": "leading"})
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, scheduler=name, seed=7, height=48, width=80, progress=False
+    )
+    assert max_rel_err(ours.latents, reference_txt2img(ref, folder, name, "latent")) > 0.1
+
+
+def test_pndm_runge_kutta_pipeline_equals_diffusers(model):
+    """PNDM as diffusers' default (skip_prk_steps false): three Runge-Kutta steps of 4 UNet calls, then PLMS."""
+    from diffusers import PNDMScheduler
+
+    ref, folder, _ = model
+    config = {k: v for k, v in SD15_SCHEDULER_FILE.items() if k != "skip_prk_steps"}
+    pipe = minisd.load_pipeline(folder)
+    pipe.scheduler = minisd.make_scheduler("pndm", config)
+    ours = pipe.text_to_image(
+        PROMPT, NEGATIVE, steps=8, guidance_scale=6.0, seed=7, height=48, width=80, progress=False
+    )
+    ref.scheduler = PNDMScheduler.from_config(config)
+    theirs = ref(
+        PROMPT, negative_prompt=NEGATIVE, num_inference_steps=8, guidance_scale=6.0, height=48, width=80,
+        generator=torch.Generator("cpu").manual_seed(7), output_type="latent",
+    ).images  # fmt: skip
+    assert len(ours.timesteps) == 12 + 8 - 3
+    assert max_rel_err(ours.latents, theirs) <= TOL
+
+
 @pytest.mark.parametrize("name", list(minisd.SCHEDULERS))
 def test_model_folder_scheduler_is_read_as_diffusers_reads_it(tmp_path, name):
     """A scheduler_config.json that leaves entries out: they take the named diffusers class's defaults."""
-    import json
-
-    from minisd.pipeline import SCHEDULER_CLASSES, load_scheduler
-
     class_name = {v: k for k, v in SCHEDULER_CLASSES.items()}[name]
     (tmp_path / "scheduler").mkdir()
     config = {"_class_name": class_name, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-    config["skip_prk_steps"] = True  # every SD release's PNDM; minisd has no Runge-Kutta warm-up
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     ours = load_scheduler(tmp_path)
     theirs = reference_scheduler(tmp_path, name)
@@ -248,19 +296,22 @@ def test_model_folder_scheduler_is_read_as_diffusers_reads_it(tmp_path, name):
     assert torch.equal(ours.timesteps.float(), theirs.timesteps.float()), (ours.timesteps, theirs.timesteps)
     assert ours.config.clip_sample == theirs.config.get("clip_sample", False)
     assert ours.config.set_alpha_to_one == theirs.config.get("set_alpha_to_one", False)
+    assert ours.config.skip_prk_steps == theirs.config.get("skip_prk_steps", True)  # PNDM: False, Runge-Kutta
 
 
 def test_unknown_scheduler_class_falls_back_with_a_warning(tmp_path):
-    import json
-
-    from minisd.pipeline import load_scheduler
-
+    """PLMS on the file's schedule; another sampler chosen reads the file as diffusers' from_config would."""
     (tmp_path / "scheduler").mkdir()
     config = {"_class_name": "UniPCMultistepScheduler", "solver_type": "bh2", "beta_schedule": "scaled_linear"}
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="'UniPCMultistepScheduler' is not implemented; using PNDM"):
         sched = load_scheduler(tmp_path)
-    assert sched.config.beta_schedule == "scaled_linear"
+    assert sched.config.beta_schedule == "scaled_linear" and sched.config.skip_prk_steps
+    ours, theirs = minisd.make_scheduler("dpmpp_2m", sched.config), reference_scheduler(tmp_path, "dpmpp_2m")
+    ours.set_timesteps(20)
+    theirs.set_timesteps(20)
+    assert theirs.config.solver_type == "midpoint"  # UniPC's "bh2", turned into DPM-Solver's midpoint
+    assert torch.equal(ours.timesteps, theirs.timesteps) and torch.equal(ours.sigmas, theirs.sigmas)
 
 
 def test_real_sd1_single_file_layout_loads_strictly(tmp_path):

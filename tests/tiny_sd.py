@@ -37,16 +37,38 @@ VAE = dict(
     norm_num_groups=8,
     sample_size=16,
 )
-# SD v1.5's noise schedule for PNDMScheduler. The spacing is written out: otherwise another scheduler class
-# built from this config (from_config) would take its own default, e.g. "linspace" for Euler.
-SCHEDULER = dict(
-    timestep_spacing="leading",
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    steps_offset=1,
-)
+# SD v1.5's scheduler/scheduler_config.json as published (written by diffusers 0.6). It has no timestep_spacing
+# nor prediction_type: a scheduler class swapped in with from_config takes its own defaults for them, e.g.
+# "linspace" for Euler, as it does for the real model.
+SD15_SCHEDULER_FILE = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+# The scheduler file of SD 2.x's 768-pixel v-prediction models (DDIM, written by diffusers 0.8).
+SD2_SCHEDULER_FILE = {
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": "0.8.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+SCHEDULER_FILES = {f["_class_name"]: f for f in (SD15_SCHEDULER_FILE, SD2_SCHEDULER_FILE)}
 
 
 def build_reference(seed: int = 0, sd2: bool = False):
@@ -65,12 +87,8 @@ def build_reference(seed: int = 0, sd2: bool = False):
     unet_config = UNET | (SD2_UNET if sd2 else {})
     unet = perturb_(UNet2DConditionModel(**unet_config), seed + 1, 0.05).eval()
     vae = perturb_(AutoencoderKL(**VAE), seed + 2, 0.05).eval()
-    if sd2:
-        scheduler = DDIMScheduler(
-            **SCHEDULER, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False
-        )
-    else:
-        scheduler = PNDMScheduler(**SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False)
+    # As from_pretrained reads the published file (it calls from_config on it).
+    scheduler = DDIMScheduler.from_config(SD2_SCHEDULER_FILE) if sd2 else PNDMScheduler.from_config(SD15_SCHEDULER_FILE)
     folder = Path(tempfile.mkdtemp()) / "tokenizer"
     write_vocab(folder)
     with warnings.catch_warnings():
@@ -96,29 +114,32 @@ def write_vocab(folder: Path) -> None:
 
 
 def save_diffusers(pipe, folder: Path) -> Path:
+    """``pipe`` saved as a model folder, its scheduler_config.json the published file its scheduler was built from.
+
+    (save_pretrained would write every entry, defaults included, which no public SD file does.)
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe.save_pretrained(folder)
-    # SD v1.5's scheduler_config.json also says clip_sample: false, which DDIM/DDPM read (their default is true).
-    config_file = folder / "scheduler" / "scheduler_config.json"
-    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"clip_sample": False}))
+    published = SCHEDULER_FILES[type(pipe.scheduler).__name__]
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(published, indent=2) + "\n")
     return folder
 
 
 def reference_scheduler(folder: Path, name: str):
-    """The diffusers scheduler ``name`` (minisd's name) built from the model folder's scheduler config."""
+    """The diffusers scheduler for sampler ``name`` (minisd's name), swapped in as diffusers' documentation does.
+
+    That is ``Class.from_config(pipe.scheduler.config)``, where ``pipe.scheduler`` was loaded from the model folder
+    by ``from_pretrained`` (as StableDiffusionPipeline.from_pretrained loads it).
+    """
     import diffusers
 
-    classes = dict(
-        ddpm="DDPMScheduler",
-        ddim="DDIMScheduler",
-        pndm="PNDMScheduler",
-        euler="EulerDiscreteScheduler",
-        euler_ancestral="EulerAncestralDiscreteScheduler",
-        dpmpp_2m="DPMSolverMultistepScheduler",
-    )
-    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    return getattr(diffusers, classes[name]).from_config(config)
+    from minisd.schedulers import SCHEDULER_CLASSES
+
+    class_name = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    loaded = getattr(diffusers, class_name).from_pretrained(folder, subfolder="scheduler")
+    swapped = {v: k for k, v in SCHEDULER_CLASSES.items()}[name]
+    return getattr(diffusers, swapped).from_config(loaded.config)
 
 
 def save_compvis(pipe, file: Path) -> Path:

@@ -9,14 +9,20 @@ DDPM, DDIM and PNDM walk the ᾱ_t chain; Euler, Euler ancestral and DPM-Solver+
 
 Every sampler is a small class with the same API::
 
-    sched = make_scheduler("ddim")                 # SD v1.5's schedule; or a diffusers scheduler_config.json dict
+    sched = make_scheduler("ddim")                 # SD v1.5's schedule
+    sched = make_scheduler("euler", config)        # EulerDiscreteScheduler.from_config(config): see below
     sched.set_timesteps(50)
     x = torch.randn(shape, generator=g) * sched.init_noise_sigma
     for t in sched.timesteps:
         step = sched.step(unet(sched.scale_model_input(x, t), t), t, x, generator=g)
         x, x0 = step.prev_sample, step.pred_original_sample      # x_{t−1} and the current guess of x0
 
-Each is checked step for step against its diffusers counterpart (tests/test_schedulers.py), down to where the
+A diffusers config (a scheduler_config.json's dict, or diffusers' ``scheduler.config``) is read as diffusers'
+``Class.from_config`` reads it: an entry the config leaves out takes the default of the diffusers class the
+sampler stands for, which differs between classes (``from_diffusers.read_config``). An entry minisd does not
+implement is refused unless it is at a value minisd runs.
+
+Each sampler is checked step for step against its diffusers counterpart (tests/test_schedulers.py), down to where the
 reference has quirks. Those are matched, except where diffusers crashes or reads a wrong entry:
 
 * DDIM and PNDM take the previous timestep as t − T // n under every spacing; under "linspace" (and "trailing"
@@ -31,6 +37,10 @@ reference has quirks. Those are matched, except where diffusers crashes or reads
 * DPM-Solver's Karras timesteps are truncated, not rounded, under squaredcos_cap_v2. Matched.
 * Before ``set_timesteps``, diffusers' DPM-Solver ``add_noise`` pairs t with σ at T − 1 − t (its σ table is
   stored ascending); here it uses σ_t.
+* PNDM's Runge–Kutta warm-up (skip_prk_steps false) needs 4 timesteps: diffusers fails on fewer with a
+  broadcasting error; here ``set_timesteps`` raises a ValueError. Started past its first timestep
+  (image-to-image), diffusers counts the Runge–Kutta stages from its step count and silently reads the wrong
+  timesteps; here ``step`` raises a ValueError.
 * When the first timestep appears twice, diffusers starts at its second occurrence; here at the first. Only
   degenerate schedules repeat it: the DPM case above, and DPM-Solver's Karras σ under squaredcos_cap_v2,
   whose first timesteps all truncate to 998 and where diffusers overruns its σ table on the last step.
@@ -39,9 +49,11 @@ reference has quirks. Those are matched, except where diffusers crashes or reads
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .alpha_bar import DDIM, DDPM, PNDM
+from .from_diffusers import SCHEDULER_CLASSES, read_config, read_model_folder
 from .schedule import Scheduler, SchedulerConfig, StepOutput
 from .sigma import DPMSolverPP2M, Euler, EulerAncestral, SigmaScheduler
 
@@ -51,14 +63,15 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
 
 
 def make_scheduler(name: str, config: Mapping[str, Any] | SchedulerConfig | None = None) -> Scheduler:
-    """A sampler by name, with SD v1.5's schedule or a diffusers ``scheduler_config.json`` dict."""
+    """A sampler by name: SD v1.5's schedule, or a diffusers config read as ``Class.from_config`` reads it."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of " + ", ".join(map(repr, SCHEDULERS)))
-    if isinstance(config, Mapping):
-        config = SchedulerConfig.from_dict(config)
-    elif config is not None and not isinstance(config, SchedulerConfig):
-        raise TypeError(f"config must be a dict or a SchedulerConfig, got {type(config).__name__}")
-    return SCHEDULERS[name](config)
+    return SCHEDULERS[name](read_config(name, config))
+
+
+def load_scheduler(path: Path) -> Scheduler:
+    """A model folder's sampler, as its ``scheduler/scheduler_config.json`` says; SD v1.5's for a single file."""
+    return make_scheduler(*read_model_folder(path))
 
 
 __all__ = [
@@ -66,6 +79,7 @@ __all__ = [
     "DDPM",
     "PNDM",
     "SCHEDULERS",
+    "SCHEDULER_CLASSES",
     "DPMSolverPP2M",
     "Euler",
     "EulerAncestral",
@@ -73,5 +87,6 @@ __all__ = [
     "SchedulerConfig",
     "SigmaScheduler",
     "StepOutput",
+    "load_scheduler",
     "make_scheduler",
 ]

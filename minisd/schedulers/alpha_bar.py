@@ -1,10 +1,12 @@
-"""Samplers on the ᾱ scale: DDPM, DDIM, PNDM (PLMS)."""
+"""Samplers on the ᾱ scale: DDPM, DDIM, PNDM (PLMS, and F-PNDM's Runge–Kutta warm-up)."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
-from .schedule import Scheduler, StepOutput, _first_index, _randn_like, _x0_from_output
+from .schedule import Scheduler, StepOutput, _first_index, _is_int, _randn_like, _x0_from_output
 
 
 class DDPM(Scheduler):
@@ -73,10 +75,13 @@ class DDIM(Scheduler):
 
 
 class PNDM(Scheduler):
-    """PLMS, the pseudo linear multistep method of Liu et al. 2022, as SD runs it (diffusers' skip_prk_steps).
+    """Pseudo numerical methods (Liu et al. 2022): PLMS, after three Runge–Kutta steps unless skip_prk_steps.
 
-    The first step is an improved-Euler (Heun) step, which needs the model at the first timestep and twice at
-    the second: ``timesteps`` lists the second one twice (981, 961, 961, 941 … for 50 steps).
+    SD runs PLMS from the start (skip_prk_steps): its first step is an improved-Euler (Heun) step, which needs
+    the model at the first timestep and twice at the second, so ``timesteps`` lists the second one twice
+    (981, 961, 961, 941 … for 50 steps). Otherwise (F-PNDM) three pseudo Runge–Kutta steps lead: four model
+    calls each, at t, twice at t − δ/2 and at t − δ, for the first four timesteps (12 entries of ``timesteps``),
+    and PLMS goes on from the fourth with their slopes as its history.
     """
 
     name = "pndm"
@@ -85,13 +90,27 @@ class PNDM(Scheduler):
     def final_alpha_cumprod(self) -> torch.Tensor:
         return torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
 
+    def set_timesteps(self, n: int) -> None:
+        if not self.config.skip_prk_steps and _is_int(n) and n < 4:
+            raise ValueError(
+                f"pndm with Runge-Kutta steps (skip_prk_steps false) needs at least 4 steps, got {n}; "
+                "use skip_prk_steps true (PLMS, as SD) for fewer"
+            )
+        super().set_timesteps(n)
+
     def _make_timesteps(self, n: int) -> torch.Tensor:
         t = super()._make_timesteps(n)
-        return torch.cat([t[:1], t[1:2], t[1:]])
+        if self.config.skip_prk_steps:
+            return torch.cat([t[:1], t[1:2], t[1:]])
+        half = self.config.num_train_timesteps // n // 2  # δ/2, as diffusers: from T // n, whatever the spacing
+        runge_kutta = [torch.stack([a, b + half, b + half, b]) for a, b in itertools.pairwise(t[:4])]
+        return torch.cat([*runge_kutta, t[3:]])
 
     def _reset(self) -> None:
         self._eps: list[torch.Tensor] = []  # the model outputs of the last 4 timesteps
         self._first_sample: torch.Tensor | None = None
+        self._start: tuple[int, torch.Tensor] | None = None  # the current Runge–Kutta step's t and x_t
+        self._stages: list[torch.Tensor] = []  # and its slopes so far
         self._counter = 0
 
     def step(self, model_output, t, x, generator=None) -> StepOutput:
@@ -100,9 +119,47 @@ class PNDM(Scheduler):
         x0 = _x0_from_output(model_output, x, alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), self.config.prediction_type)
 
         delta = self.config.num_train_timesteps // self._require_timesteps()  # t − δ: as DDIM, see top
-        prev_t = t - delta
+        if not self.config.skip_prk_steps and self._counter < 12:
+            prev = self._runge_kutta(model_output, t, x, delta // 2)
+        else:
+            prev = self._plms(model_output, t, x, delta)
+        self._counter += 1
+        return StepOutput(prev, x0)
+
+    def _runge_kutta(self, model_output: torch.Tensor, t: int, x: torch.Tensor, half: int) -> torch.Tensor:
+        """One of a Runge–Kutta step's four model calls; the fourth completes the step x_t → x_{t−δ}.
+
+        Liu et al. 2022, eq. 13, with the transfer φ of eq. 9:
+            e1 = ε(x_t, t),             x1 = φ(x_t, e1, t, t − δ/2)
+            e2 = ε(x1, t − δ/2),        x2 = φ(x_t, e2, t, t − δ/2)
+            e3 = ε(x2, t − δ/2),        x3 = φ(x_t, e3, t, t − δ)
+            e4 = ε(x3, t − δ),          x_{t−δ} = φ(x_t, e', t, t − δ),  e' = (e1 + 2·e2 + 2·e3 + e4)/6
+        The transfer targets are taken as diffusers takes them: t − δ/2 after the 1st and 3rd calls (from the
+        timestep given), the timestep given after the 2nd and 4th.
+        """
+        stage = self._counter % 4
+        if self._counter == 0 and t != int(self.timesteps[0]):
+            raise ValueError(
+                f"pndm's Runge-Kutta steps start at the first timestep ({int(self.timesteps[0])}), not at {t}; "
+                "for image-to-image use skip_prk_steps true (PLMS, as SD), as diffusers' reads wrong timesteps here"
+            )
+        if stage == 0:
+            self._start, self._stages = (t, x), []
+            self._eps.append(model_output)  # e1 of each step: PLMS's history
+        self._stages.append(model_output)
+        eps = model_output
+        if stage == 3:
+            e1, e2, e3, e4 = self._stages
+            eps = (e1 + 2 * e2 + 2 * e3 + e4) / 6
+        target = t - half if stage % 2 == 0 else t
+        start_t, start_x = self._start
+        return self._transfer(start_x, start_t, target, eps)
+
+    def _plms(self, model_output: torch.Tensor, t: int, x: torch.Tensor, delta: int) -> torch.Tensor:
+        """A linear multistep step x_t → x_{t−δ} (with SD's improved-Euler start when it has no history)."""
         e = self._eps
-        if self._counter == 1:
+        prev_t = t - delta
+        if self._counter == 1 and self.config.skip_prk_steps:
             # The Heun correction of the first step: redo x_T → x_{T−δ} with the mean of the two slopes.
             eps, x, t, prev_t = (model_output + e[-1]) / 2, self._first_sample, t + delta, t
         else:
@@ -117,8 +174,7 @@ class PNDM(Scheduler):
                 eps = (23 * e[-1] - 16 * e[-2] + 5 * e[-3]) / 12
             else:
                 eps = (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4]) / 24
-        self._counter += 1
-        return StepOutput(self._transfer(x, t, prev_t, eps), x0)
+        return self._transfer(x, t, prev_t, eps)
 
     def _transfer(self, x: torch.Tensor, t: int, prev_t: int, output: torch.Tensor) -> torch.Tensor:
         """Liu et al. 2022, eq. 9: the transfer φ(x_t, ε, t, t − δ), i.e. a DDIM step (eta = 0)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +19,12 @@ FINAL_SIGMAS = ("zero", "sigma_min")
 
 @dataclass
 class SchedulerConfig:
-    """The fields of a diffusers ``scheduler/scheduler_config.json`` that minisd reads. Default: SD v1.5."""
+    """The settings minisd's samplers read, complete. Default: SD v1.5's (PNDMScheduler as PLMS, "leading").
+
+    ``make_scheduler(name, diffusers_config)`` builds one as diffusers' ``from_config`` would (see
+    ``from_diffusers.read_config``) and keeps in ``given`` the entries it was built from, so that another
+    sampler made from this config takes its own defaults for the rest, as in diffusers.
+    """
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
@@ -32,30 +36,13 @@ class SchedulerConfig:
     clip_sample: bool = False  # DDPM, DDIM
     clip_sample_range: float = 1.0
     set_alpha_to_one: bool = False  # DDIM, PNDM: ᾱ after the last step is 1, else ᾱ_0
+    skip_prk_steps: bool = True  # PNDM: PLMS from the start (SD), else three Runge–Kutta steps first
     use_karras_sigmas: bool = False  # Euler, DPM-Solver++
     final_sigmas_type: str = "zero"  # Euler, DPM-Solver++: the σ after the last step, 0 or σ_0
     lower_order_final: bool = True  # DPM-Solver++: first-order last step when n < 15
     euler_at_final: bool = False  # DPM-Solver++: always a first-order last step
-
-    # Entries minisd implements at one setting only: any other value is an error, never silently ignored.
-    FIXED: ClassVar[dict[str, tuple]] = {
-        "trained_betas": (None,),
-        "variance_type": ("fixed_small", None),
-        "thresholding": (False,),
-        "rescale_betas_zero_snr": (False,),
-        "interpolation_type": ("linear",),
-        "timestep_type": ("discrete",),
-        "algorithm_type": ("dpmsolver++",),
-        "solver_type": ("midpoint",),
-        "solver_order": (2,),
-        "use_exponential_sigmas": (False, None),
-        "use_beta_sigmas": (False, None),
-        "use_lu_lambdas": (False,),
-        "use_flow_sigmas": (False,),
-        "sigma_min": (None,),
-        "sigma_max": (None,),
-        "lambda_min_clipped": (-math.inf,),
-    }
+    # The diffusers entries this config was read from, less those left at their default; None: written here.
+    given: dict[str, Any] | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         def fail(name: str, want: str):
@@ -71,7 +58,14 @@ class SchedulerConfig:
                 fail(name, "use one of " + ", ".join(map(repr, choices)))
         if self.use_karras_sigmas is None:  # diffusers' Euler accepts null for False
             self.use_karras_sigmas = False
-        for name in ("clip_sample", "set_alpha_to_one", "use_karras_sigmas", "lower_order_final", "euler_at_final"):
+        for name in (
+            "clip_sample",
+            "set_alpha_to_one",
+            "skip_prk_steps",
+            "use_karras_sigmas",
+            "lower_order_final",
+            "euler_at_final",
+        ):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "use true or false")
         if not _is_int(self.num_train_timesteps) or self.num_train_timesteps < 2:
@@ -83,18 +77,6 @@ class SchedulerConfig:
         if not (_is_real(self.clip_sample_range) and self.clip_sample_range > 0):
             fail("clip_sample_range", "use a number > 0")
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SchedulerConfig:
-        """Read a diffusers scheduler config: unknown entries are ignored, unsupported settings refused."""
-        for key, accepted in cls.FIXED.items():
-            if key in data and not any(_same(data[key], a) for a in accepted):
-                raise ValueError(
-                    f"scheduler config: {key}={data[key]!r} is not implemented; minisd supports "
-                    + " or ".join(map(repr, accepted))
-                )
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
@@ -102,12 +84,6 @@ def _is_int(x: Any) -> bool:
 
 def _is_real(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _same(value: Any, accepted: Any) -> bool:
-    if accepted is None or isinstance(accepted, bool):
-        return value is accepted
-    return type(value) is not bool and value == accepted
 
 
 @dataclass
