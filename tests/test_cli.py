@@ -179,19 +179,3 @@ def test_trace_into_a_file_is_one_line(folder, tmp_path):
                "--trace", str(tmp_path / "taken"))  # fmt: skip
     assert_one_line_error(proc, "is a file, not a folder")
     assert not (tmp_path / "p.png").exists()
-
-
-def test_inspect_recognises_the_real_sd1_layout(tmp_path):
-    """Every key and shape of a real SD v1 file (as meta tensors: 125 kB instead of 4 GB) reads as SD1.x."""
-    from .conftest import sd_v1_keys
-
-    state = {k: torch.empty(shape, device="meta") for k, shape in sd_v1_keys().items()}
-    torch.save(
-        {"state_dict": state | {"alphas_cumprod": torch.ones(1000)}, "global_step": 840000}, tmp_path / "v1.ckpt"
-    )
-    proc = run("inspect", str(tmp_path / "v1.ckpt"))
-    assert proc.returncode == 0, proc.stderr
-    assert "family: SD1.x (every key and shape as minisd's SD1.x networks)" in proc.stdout
-    assert "unet: 859,520,964 parameters" in proc.stdout and "text_encoder: 123,060,480 parameters" in proc.stdout
-    assert "vae: 83,653,863 parameters" in proc.stdout and "EMA weights: absent" in proc.stdout
-    assert "alphas_cumprod" in proc.stdout and "missing" not in proc.stdout and "unexpected" not in proc.stdout
