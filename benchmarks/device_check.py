@@ -2,7 +2,7 @@
 
     python benchmarks/device_check.py [--device cuda]
 
-1. A small SD-shaped model with random weights generates on the CPU and on the device (TF32 off) from the
+1. minisd-tiny (the shipped small model) generates on the CPU and on the device (TF32 off) from the
    same seed, in fp32, fp16 and bf16: the final latents must agree to the dtype's rounding, since the noise
    comes from a CPU generator either way. (Noise drawn in fp16 is not noise drawn in fp32 rounded: a seed
    gives another picture in another dtype, in diffusers as here.)
@@ -18,17 +18,11 @@ import time
 import torch
 
 from minisd.clip import CLIPTextModel
-from minisd.demo import random_small_model
-from minisd.pipeline import StableDiffusion
+from minisd.pipeline import StableDiffusion, load_pipeline
 from minisd.schedulers import make_scheduler
 from minisd.tokenizer import load_tokenizer
 from minisd.unet import UNet2DConditionModel
 from minisd.vae import AutoencoderKL
-
-
-def moved(pipe: StableDiffusion, device: str, dtype: torch.dtype) -> StableDiffusion:
-    parts = [m.to(device=device, dtype=dtype) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
-    return StableDiffusion(pipe.tokenizer, *parts, pipe.scheduler, device, dtype)
 
 
 def same_seed_across_devices(device: str) -> None:
@@ -36,8 +30,8 @@ def same_seed_across_devices(device: str) -> None:
     for scheduler in ("ddim", "euler_ancestral", "dpmpp_2m"):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             # The noise is drawn in the pipeline's dtype (as diffusers draws it): compare like with like.
-            cpu = moved(random_small_model(), "cpu", dtype).text_to_image("a red circle", scheduler=scheduler, **kw)
-            dev = moved(random_small_model(), device, dtype).text_to_image("a red circle", scheduler=scheduler, **kw)
+            cpu = load_pipeline(None, "cpu", dtype).text_to_image("a red circle", scheduler=scheduler, **kw)
+            dev = load_pipeline(None, device, dtype).text_to_image("a red circle", scheduler=scheduler, **kw)
             a, b = dev.latents.float().cpu(), cpu.latents.float()
             err = ((a - b).abs().max() / b.abs().max()).item()
             finite = bool(torch.isfinite(a).all())
@@ -61,7 +55,7 @@ def full_size_timing(device: str, steps: int = 10) -> None:
         z = result.latents
         torch.cuda.synchronize()
         start = time.perf_counter()
-        images = pipe.decode(z)
+        images = pipe.unet_latents_to_images(z)
         torch.cuda.synchronize()
         decode = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() / 2**30

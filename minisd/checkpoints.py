@@ -19,73 +19,17 @@ import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .config import CheckpointError
+
 StateDict = dict[str, torch.Tensor]
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: the message says what was wrong and what to do."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Configs: small dataclasses read from a diffusers/transformers config.json
-# ---------------------------------------------------------------------------------------------------------
-
-
-class JsonConfig:
-    """Mixin for the model configs: ``from_dict`` keeps the fields the dataclass knows.
-
-    With ``STRICT``, every other entry must be in ``IGNORED`` (no effect on the network) or in ``FIXED`` at the
-    one value minisd implements; anything else is an error rather than silently building another network.
-    """
-
-    IGNORED: ClassVar[frozenset[str]] = frozenset()
-    FIXED: ClassVar[dict[str, Any]] = {}
-    STRICT: ClassVar[bool] = False
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        if cls.STRICT:
-            unknown = sorted(
-                k for k in data if k not in known | cls.IGNORED | cls.FIXED.keys() and not k.startswith("_")
-            )
-            unsupported = [
-                f"{k}={data[k]!r} (minisd implements {v!r})"
-                for k, v in cls.FIXED.items()
-                if k in data and not _same_value(data[k], v)
-            ]
-            if unknown or unsupported:
-                raise CheckpointError(
-                    f"{cls.__name__}: this config asks for what minisd does not implement: "
-                    + "; ".join([*(f"unknown entry {k!r}" for k in unknown), *unsupported])
-                    + ". It is not a network of the Stable Diffusion family minisd supports."
-                )
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def from_json(cls, path: str | Path):
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing: a diffusers component folder needs its config.json")
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is not valid JSON ({e}); re-download the model folder") from e
-
-
-def _same_value(value, expected) -> bool:
-    """Equal, or a per-level list of that one value (``only_cross_attention: [false, false, ...]``)."""
-    if isinstance(value, list) and not isinstance(expected, list):
-        return all(v == expected for v in value)
-    return value == expected
 
 
 # ---------------------------------------------------------------------------------------------------------

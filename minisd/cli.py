@@ -8,9 +8,7 @@ Pictures are written atomically: to a temporary file beside the target, renamed 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,8 +17,9 @@ from PIL import Image
 from .checkpoints import CheckpointError
 from .inspection import describe
 from .schedulers import SCHEDULERS
+from .viz import save_atomically, trace_grid
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_HELP = "a diffusers model folder or a CompVis single file (default: $MINISD_WEIGHTS, else minisd-tiny)"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -33,40 +32,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(message)
-
-
-def find_weights() -> Path | None:
-    """The first model in ./weights or minisd's own weights/ (a diffusers folder or a single file), if any."""
-    for folder in dict.fromkeys((Path.cwd() / "weights", WEIGHTS_DIR)):
-        if folder.is_dir():
-            for entry in sorted(folder.iterdir()):
-                if (entry / "model_index.json").is_file() or entry.suffix in (".safetensors", ".ckpt"):
-                    return entry
-    return None
-
-
-def save_atomically(pictures: dict[Path, Image.Image]) -> None:
-    """Write every picture to a temporary file beside its target, then rename them all: a failure part-way
-    (a full disk, an unwritable folder) leaves neither half-written pictures nor some of the set."""
-    written: list[tuple[str, Path]] = []
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        for path, image in pictures.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-            os.close(fd)
-            written.append((tmp, path))
-            image.save(tmp)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a picture gets the usual mode
-        for tmp, path in written:
-            os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
-    finally:
-        for tmp, _ in written:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def output_paths(args: argparse.Namespace) -> list[Path]:
@@ -96,8 +61,7 @@ def open_pipeline(args: argparse.Namespace):
     if args.device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: Apple's Metal backend is not available here")
 
-    weights = args.weights or find_weights()
-    return load_pipeline(weights, device=args.device, dtype=DTYPES[args.dtype], config=args.config)
+    return load_pipeline(args.weights, device=args.device, dtype=DTYPES[args.dtype], config=args.config)
 
 
 def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> None:
@@ -107,24 +71,6 @@ def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> Non
     save_atomically(pictures)
     for path in pictures:
         print(path)
-
-
-def trace_grid(trace, pipe, cell: int = 128, columns: int = 10) -> Image.Image:
-    """Each step as a pair of thumbnails, x_t (first three latent channels as RGB) above the decoded
-    predicted x0; ``columns`` steps to a row, in order."""
-    F = torch.nn.functional
-    pairs = []
-    for step in trace:
-        x0 = pipe.decode(step.pred_x0[:1].to(pipe.device, pipe.dtype)).cpu()  # (1, 3, H, W) in [0, 1]
-        lat = step.x_t[:1, :3].float()
-        lat = (lat - lat.min()) / (lat.max() - lat.min() + 1e-8)  # stretched to [0, 1]
-        size = (cell, round(cell * x0.shape[-1] / x0.shape[-2]))
-        x0 = F.interpolate(x0, size=size, mode="bilinear", antialias=True)
-        lat = F.interpolate(lat, size=size, mode="nearest")
-        pairs.append(torch.cat([lat, x0], dim=-2)[0])  # (3, 2·cell, w)
-    pairs += [torch.ones_like(pairs[0])] * (-len(pairs) % columns)  # pad the last row with white
-    rows = [torch.cat(pairs[i : i + columns], dim=-1) for i in range(0, len(pairs), columns)]
-    return pipe.to_pil(torch.cat(rows, dim=-2)[None].clamp(0, 1))[0]
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -186,10 +132,10 @@ def inspect(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    """The main job: a picture from a prompt, with every step kept. Uses weights/ if a model is there."""
-    from .demo import run_demo
+    """A few pictures from captions and the trace of one, with minisd-tiny unless --weights says otherwise."""
+    from .demo import CAPTIONS, run_demo
 
-    run_demo(args.prompt, Path(args.out), find_weights())
+    run_demo(args.prompts or list(CAPTIONS), Path(args.out), args.weights and Path(args.weights), args.seed)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -208,7 +154,7 @@ def train(args: argparse.Namespace) -> None:
 def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None:
     p.add_argument("prompt")
     p.add_argument("--negative", default="", help="negative prompt (what to steer away from)")
-    p.add_argument("--weights", help="a diffusers model folder or a CompVis single file (default: weights/)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--config", help="for a single file of another shape than SD1.x: its diffusers folder")
     p.add_argument("--steps", type=int, default=default_steps)
     p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the model's own")
@@ -251,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.set_defaults(run=train)
 
-    p = sub.add_parser("demo", help="generate a picture and its denoising trace into outputs/")
-    p.add_argument("prompt", nargs="?", default="a photograph of an astronaut riding a horse")
+    p = sub.add_parser("demo", help="a few pictures and the denoising trace of one, into outputs/")
+    p.add_argument("prompts", nargs="*", help="captions (default: four of the shapes world)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs", help="folder for demo.png and trace.png")
     p.set_defaults(run=demo)
     return parser
@@ -262,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.run(args)
-    except (UserError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (UserError, CheckpointError, OSError, ValueError) as e:
         print(f"minisd: error: {e}", file=sys.stderr)
         return 2
     return 0

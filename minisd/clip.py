@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from einops import rearrange
 from torch import nn
 
 from .attention import attention
-from .checkpoints import JsonConfig, load_component
+from .checkpoints import load_component
+from .config import JsonConfig
 
 
 @dataclass
@@ -35,6 +37,25 @@ class CLIPTextConfig(JsonConfig):
     max_position_embeddings: int = 77
     hidden_act: str = "quick_gelu"  # SD1.x (OpenAI CLIP); SD2.x's OpenCLIP uses "gelu"
     layer_norm_eps: float = 1e-5
+
+    # Entries of a transformers config.json with no effect on the text encoder's numbers: token ids and the
+    # projection (used by CLIP's image-text head, not by SD), dropout (off at inference), and the generic
+    # entries older transformers versions wrote into every config.
+    IGNORED: ClassVar[frozenset[str]] = frozenset(
+        """
+        architectures model_type transformers_version dtype torch_dtype bos_token_id eos_token_id
+        pad_token_id projection_dim attention_dropout dropout initializer_factor initializer_range
+        return_dict output_hidden_states output_attentions torchscript use_bfloat16 tf_legacy_loss
+        pruned_heads tie_word_embeddings is_encoder_decoder is_decoder cross_attention_hidden_size
+        add_cross_attention tie_encoder_decoder max_length min_length do_sample early_stopping num_beams
+        num_beam_groups diversity_penalty temperature top_k top_p typical_p repetition_penalty
+        length_penalty no_repeat_ngram_size encoder_no_repeat_ngram_size bad_words_ids num_return_sequences
+        chunk_size_feed_forward output_scores return_dict_in_generate forced_bos_token_id
+        forced_eos_token_id remove_invalid_values exponential_decay_length_penalty suppress_tokens
+        begin_suppress_tokens finetuning_task id2label label2id tokenizer_class prefix sep_token_id
+        decoder_start_token_id task_specific_params problem_type gradient_checkpointing
+        """.split()  # noqa: SIM905 (a list of words)
+    )
 
     def __post_init__(self):
         if self.hidden_act not in ACTIVATIONS:

@@ -1,8 +1,7 @@
-"""``make demo``: one picture from a prompt, and the trace of its denoising, written to outputs/.
+"""``make demo``: a few pictures from captions, and the trace of one denoising, written to outputs/.
 
-With a model in ``weights/`` (see weights/README.md) the picture is a real one. Without, the same
-pipeline runs on a small Stable-Diffusion-shaped model with random weights: the picture is noise, but
-every stage (tokenizer, CLIP, UNet + scheduler, VAE) runs and the trace shows the loop at work.
+By default it runs minisd-tiny, the small model minisd trains on its shapes world and ships in
+weights/minisd-tiny/; ``--weights`` (or a model in ./weights) runs real Stable Diffusion weights instead.
 """
 
 from __future__ import annotations
@@ -10,56 +9,32 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
+from .pipeline import load_pipeline
+from .viz import caption_grid, save_atomically, trace_grid
 
-from .clip import CLIPTextConfig, CLIPTextModel
-from .pipeline import StableDiffusion, load_pipeline
-from .schedulers import make_scheduler
-from .tokenizer import load_tokenizer
-from .unet import UNet2DConditionModel, UNetConfig
-from .vae import AutoencoderKL, VAEConfig
-
-
-def random_small_model(seed: int = 0) -> StableDiffusion:
-    """An untrained model with SD1.x's structure at a fraction of its width (1.7M parameters)."""
-    torch.manual_seed(seed)
-    text = CLIPTextModel(
-        CLIPTextConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
-    )
-    unet = UNet2DConditionModel(
-        UNetConfig(
-            sample_size=32,
-            block_out_channels=[32, 64],
-            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            layers_per_block=1,
-            cross_attention_dim=64,
-            attention_head_dim=4,
-            norm_num_groups=8,
-        )
-    )
-    vae = AutoencoderKL(VAEConfig(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=8))
-    parts = [p.eval() for p in (text, unet, vae)]
-    return StableDiffusion(load_tokenizer(), *parts, make_scheduler("pndm"))
+CAPTIONS = (
+    "a red circle on the left",
+    "a small blue square at the top",
+    "a large yellow triangle in the center",
+    "a green circle above a purple square",
+)
 
 
-def run_demo(prompt: str, out: Path, weights: Path | None, steps: int = 20) -> None:
-    from .cli import save_atomically, trace_grid
-
-    out.mkdir(parents=True, exist_ok=True)
-    if weights is None:
-        pipe = random_small_model()
-        print("no model in weights/: running a small SD-shaped model with RANDOM weights (the picture is noise;")
-        print("put Stable Diffusion weights in weights/ as weights/README.md says, for a real one)")
-    else:
-        pipe = load_pipeline(weights)
-        print(f"model: {weights}")
-    ids = pipe.tokenizer.encode(prompt)
-    print(f"prompt: {prompt!r} -> {len(ids)} tokens: {ids}")
-    start = time.perf_counter()
-    result = pipe.text_to_image(prompt, steps=steps, seed=0, trace=True)
+def run_demo(prompts: list[str], out: Path, weights: Path | None = None, seed: int = 0) -> list[Path]:
+    """Generate each prompt with the pipeline's defaults; write demo.png (all of them) and trace.png (the first)."""
+    pipe = load_pipeline(weights)
+    print(f"model: {weights or 'minisd-tiny (weights/minisd-tiny)'}")
+    pictures, start = [], time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        result = pipe.text_to_image(prompt, seed=seed, trace=i == 0, progress=False)
+        pictures.append(result.images[0])
+        if i == 0:
+            trace = trace_grid(result.trace, pipe)
+            steps, size = len(result.timesteps), result.images[0].size
     seconds = time.perf_counter() - start
-    save_atomically({out / "demo.png": result.images[0], out / "trace.png": trace_grid(result.trace, pipe)})
-    size = result.images[0].size
-    print(f"{steps} steps of {type(pipe.scheduler).__name__}, {size[0]}×{size[1]}, in {seconds:.1f} s")
-    print(f"wrote {out / 'demo.png'} and {out / 'trace.png'} (per step: x_t above, predicted x0 below)")
+    paths = {out / "demo.png": caption_grid(pictures, prompts), out / "trace.png": trace}
+    save_atomically(paths)
+    print(f"{len(prompts)} pictures of {size[0]}×{size[1]}, {steps} steps of {type(pipe.scheduler).__name__} each, ")
+    print(f"in {seconds:.1f} s; wrote {out / 'demo.png'} and {out / 'trace.png'} (per step of {prompts[0]!r}:")
+    print("x_t above, the predicted x0 below)")
+    return list(paths)

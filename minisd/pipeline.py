@@ -19,9 +19,8 @@ same picture as diffusers' StableDiffusionPipeline with the same weights.
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
-from .schedulers import Scheduler, load_scheduler, make_scheduler
+from .schedulers import DDIM, Scheduler, load_scheduler, make_scheduler
 from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
 from .vae import AutoencoderKL, VAEConfig, load_vae
@@ -41,20 +40,26 @@ SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "minisd-tin
 
 @dataclass
 class TraceStep:
-    """One denoising step: the timestep, the latent going in, the predicted x0 and both noise predictions."""
+    """One step of the loop: everything that went in and came out, on the pipeline's device."""
 
     t: int
     x_t: torch.Tensor  # (B, 4, h, w): the sample going into the step (σ samplers: before scale_model_input)
     pred_x0: torch.Tensor  # the scheduler's estimate of the clean latent at this step
-    eps_uncond: torch.Tensor | None  # None when guidance is off (scale ≤ 1)
-    eps_cond: torch.Tensor
+    eps_uncond: torch.Tensor | None  # ε_θ(x_t, t, ∅): None when guidance is off (scale ≤ 1)
+    eps_cond: torch.Tensor  # ε_θ(x_t, t, c)
+    eps: torch.Tensor | None = None  # the guided ε that the scheduler stepped with
+    x_prev: torch.Tensor | None = None  # x_{t−1}: the sample after the step
+    model_input: torch.Tensor | None = None  # what the UNet saw: scale_model_input(x_t, t)
+
+    def cpu(self) -> TraceStep:
+        return TraceStep(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
 
 
 @dataclass
 class Result:
     images: list[Image.Image]
     latents: torch.Tensor  # the final latents, scaled as the UNet sees them: (B, 4, h, w)
-    trace: list[TraceStep] | None = None
+    trace: list[TraceStep] | None = None  # every step, on the CPU, when asked for
     timesteps: list[int] = field(default_factory=list)
 
 
@@ -76,7 +81,7 @@ class StableDiffusion:
         self.device, self.dtype = torch.device(device), dtype
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 8: pixels per latent pixel
 
-    # The parts of the loop, each usable on its own (the notebooks call them one by one) -----------------
+    # 1. Text understanding -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], layer: int = -1) -> torch.Tensor:
@@ -84,24 +89,67 @@ class StableDiffusion:
         ids = self.tokenizer(prompts).to(self.device)  # (B, 77)
         return self.text_encoder(ids, layer=layer).to(self.dtype)
 
-    def predict_noise(
-        self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Guided noise ε = ε_u + s·(ε_c − ε_u), with ε_u and ε_c from one UNet call on a doubled batch.
+    def encode_prompts(
+        self, prompts: list[str], negatives: list[str], guidance_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(c, c_neg): the prompts' and the negative prompts' text vectors; c_neg is None when guidance is off."""
+        return self.encode_prompt(prompts), self.encode_prompt(negatives) if guidance_scale > 1 else None
 
-        ``x_in`` is the latent as the scheduler scales it for the UNet (``scale_model_input``).
-        """
-        if uncond is None:
-            eps_cond = self.unet(x_in, t, cond)
-            return eps_cond, None, eps_cond
-        eps_uncond, eps_cond = self.unet(torch.cat([x_in, x_in]), t, torch.cat([uncond, cond])).chunk(2)
-        return eps_uncond + scale * (eps_cond - eps_uncond), eps_uncond, eps_cond
+    # 2. The image information creator: the denoising loop ---------------------------------------------
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """UNet-scaled latents -> images in [0, 1], (B, 3, H, W) float32."""
+    def denoise(
+        self,
+        x: torch.Tensor,
+        scheduler: Scheduler,
+        timesteps: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        guidance_scale: float,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[TraceStep]:
+        """Run the scheduler's ``timesteps`` from x, yielding each step; the last step's ``x_prev`` is x_0.
+
+        x: (B, 4, h, w) on the scheduler's scale; cond and uncond: (B, 77, width), uncond None for no guidance.
+        """
+        for t in timesteps:
+            x_in = scheduler.scale_model_input(x, t)
+            if uncond is None:
+                eps_uncond, eps_cond = None, self.unet(x_in, t, cond)
+                eps = eps_cond
+            else:  # both predictions from one UNet call on a doubled batch
+                eps_uncond, eps_cond = self.unet(torch.cat([x_in, x_in]), t, torch.cat([uncond, cond])).chunk(2)
+                # Classifier-free guidance (Ho & Salimans 2022, eq. 6): ε = ε_u + s·(ε_c − ε_u)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            out = scheduler.step(eps, t, x, generator=generator)
+            yield TraceStep(int(t), x, out.pred_original_sample, eps_uncond, eps_cond, eps, out.prev_sample, x_in)
+            x = out.prev_sample
+
+    def run(self, loop: Iterator[TraceStep], x: torch.Tensor, n: int, keep_trace: bool, on_step, progress) -> Result:
+        """Run the loop (n steps from x) to its end, keep what was asked for, and decode the last sample."""
+        trace, timesteps = [], []
+        for i, step in enumerate(tqdm(loop, total=n, disable=not progress, desc="denoising")):
+            if keep_trace:
+                trace.append(step.cpu())
+            if on_step is not None:
+                on_step(i, step.t, step.x_t, step.pred_x0)
+            x = step.x_prev
+            timesteps.append(step.t)
+        images = self.to_pil(self.unet_latents_to_images(x))
+        return Result(images, x, trace if keep_trace else None, timesteps)
+
+    # 3. The image decoder -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def unet_latents_to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents on the UNet's scale (B, 4, h, w) -> images in [0, 1], (B, 3, H, W) float32.
+
+        (``vae.decode`` takes the VAE's own, unscaled latents and returns [−1, 1].)
+        """
         images = self.vae.decode(self.vae.unscale_latents(latents))
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    decode = unet_latents_to_images  # its name before 0.2, kept working
 
     @staticmethod
     def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -109,7 +157,7 @@ class StableDiffusion:
         array = (images.cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
         return [Image.fromarray(a) for a in array]
 
-    # The two jobs --------------------------------------------------------------------------------------
+    # The jobs: make x_T (or noise a picture's latent), then run the loop ---------------------------
 
     @torch.no_grad()
     def text_to_image(
@@ -129,22 +177,17 @@ class StableDiffusion:
         progress: bool = True,
     ) -> Result:
         """Generate ``num_images`` pictures per prompt. See the module docstring for the steps."""
-        prompts, negatives = self._prompts(prompt, negative_prompt, num_images)
-        native = self.unet.config.sample_size * self.vae_scale
-        height, width = native if height is None else height, native if width is None else width
-        for name, size in (("height", height), ("width", width)):
-            if size % self.vae_scale or size <= 0:
-                hint = max(size // self.vae_scale, 1) * self.vae_scale
-                raise ValueError(f"{name} {size} is not a positive multiple of {self.vae_scale}; try {hint}")
-        sched = self._scheduler(scheduler)
+        prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
+        h, w = self.latent_size(height, width)
+        sched = self.make_scheduler(scheduler, eta)
         sched.set_timesteps(steps)
         generator = make_generator(seed)
 
-        shape = (len(prompts), self.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
-        x = randn(shape, generator, self.device, self.dtype) * sched.init_noise_sigma  # x_T
-        return self._denoise(
-            x, sched.timesteps, sched, prompts, negatives, guidance_scale, eta, generator, on_step, trace, progress
-        )
+        x = randn((len(prompts), self.unet.config.in_channels, h, w), generator, self.device, self.dtype)
+        x = x * sched.init_noise_sigma  # x_T ~ N(0, σ_max²)
+        cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
+        loop = self.denoise(x, sched, sched.timesteps, cond, uncond, guidance_scale, generator)
+        return self.run(loop, x, len(sched.timesteps), trace, on_step, progress)
 
     @torch.no_grad()
     def image_to_image(
@@ -166,9 +209,9 @@ class StableDiffusion:
         """Redraw ``image`` after the prompt: ``strength`` 0 keeps it, 1 replaces it entirely."""
         if not 0 <= strength <= 1:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
-        prompts, negatives = self._prompts(prompt, negative_prompt, num_images)
+        prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         pixels = self.preprocess(image).to(self.device, self.dtype)  # (1, 3, H, W) in [−1, 1]
-        sched = self._scheduler(scheduler)
+        sched = self.make_scheduler(scheduler, eta)
         sched.set_timesteps(steps)
         # Run the last int(steps·strength) timesteps only: the picture stands in for the earlier ones.
         keep = min(int(steps * strength), steps)
@@ -181,9 +224,31 @@ class StableDiffusion:
         x0 = x0.expand(len(prompts), -1, -1, -1)
         noise = randn(x0.shape, generator, self.device, self.dtype)
         x = sched.add_noise(x0, noise, timesteps[:1].repeat(len(prompts)))  # q(x_t | x_0) at the first t kept
-        return self._denoise(
-            x, timesteps, sched, prompts, negatives, guidance_scale, eta, generator, on_step, trace, progress
-        )
+        cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
+        loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator)
+        return self.run(loop, x, len(timesteps), trace, on_step, progress)
+
+    # What the jobs share ------------------------------------------------------------------------------
+
+    def make_scheduler(self, name: str | None = None, eta: float = 0.0) -> Scheduler:
+        """A fresh sampler for one generation: the model's own, or ``name`` built from the model's scheduler
+        config as diffusers' ``Class.from_config`` builds it. ``eta`` is DDIM's η (0 deterministic, 1 DDPM-like)."""
+        sched = make_scheduler(name or self.scheduler.name, self.scheduler.config)
+        if eta:
+            if not isinstance(sched, DDIM):
+                raise ValueError(f"eta={eta} is DDIM's setting; {sched.name!r} has none (use scheduler='ddim')")
+            sched.eta = eta
+        return sched
+
+    def latent_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """The latent's (h, w) for a picture of height × width pixels (default: the model's native size)."""
+        native = self.unet.config.sample_size * self.vae_scale
+        height, width = native if height is None else height, native if width is None else width
+        for name, size in (("height", height), ("width", width)):
+            if size % self.vae_scale or size <= 0:
+                hint = max(size // self.vae_scale, 1) * self.vae_scale
+                raise ValueError(f"{name} {size} is not a positive multiple of {self.vae_scale}; try {hint}")
+        return height // self.vae_scale, width // self.vae_scale
 
     def preprocess(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """A PIL image -> (1, 3, H, W) in [−1, 1], resized down to multiples of 8 (as diffusers does) if needed."""
@@ -208,47 +273,18 @@ class StableDiffusion:
         array = np.asarray(image).astype(np.float32) / 255.0  # (H, W, 3)
         return torch.from_numpy(array).permute(2, 0, 1)[None] * 2 - 1
 
-    # Internals -------------------------------------------------------------------------------------
 
-    def _denoise(self, x, timesteps, sched, prompts, negatives, scale, eta, generator, on_step, trace, progress):
-        cond = self.encode_prompt(prompts)
-        uncond = self.encode_prompt(negatives) if scale > 1 else None
-        step_kwargs = {"generator": generator}
-        if "eta" in inspect.signature(sched.step).parameters:  # DDIM's η: 0 deterministic, 1 DDPM-like
-            step_kwargs["eta"] = eta
-        steps: list[TraceStep] = []
-        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoising")):
-            eps, eps_uncond, eps_cond = self.predict_noise(sched.scale_model_input(x, t), t, cond, uncond, scale)
-            out = sched.step(eps, t, x, **step_kwargs)
-            if trace:
-                steps.append(
-                    TraceStep(int(t), x.cpu(), out.pred_original_sample.cpu(), _cpu(eps_uncond), eps_cond.cpu())
-                )
-            if on_step is not None:
-                on_step(i, int(t), x, out.pred_original_sample)
-            x = out.prev_sample
-        images = self.to_pil(self.decode(x))
-        return Result(images, x, steps if trace else None, [int(t) for t in timesteps])
-
-    def _prompts(self, prompt, negative_prompt, num_images) -> tuple[list[str], list[str]]:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        if len(negatives) != len(prompts):
-            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
-        if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
-        # Each prompt num_images times in a row, as diffusers orders them.
-        return [p for p in prompts for _ in range(num_images)], [n for n in negatives for _ in range(num_images)]
-
-    def _scheduler(self, name: str | None) -> Scheduler:
-        """The model's own scheduler, or another built from its config as diffusers' ``Class.from_config``."""
-        if name is None:
-            return self.scheduler
-        return make_scheduler(name, self.scheduler.config)
-
-
-def _cpu(x: torch.Tensor | None) -> torch.Tensor | None:
-    return None if x is None else x.cpu()
+def repeat_prompts(
+    prompt: str | list[str], negative_prompt: str | list[str], num_images: int
+) -> tuple[list[str], list[str]]:
+    """Each prompt and its negative ``num_images`` times in a row, as diffusers orders the batch."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
+    return [p for p in prompts for _ in range(num_images)], [n for n in negatives for _ in range(num_images)]
 
 
 def make_generator(seed: int | None) -> torch.Generator:

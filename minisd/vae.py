@@ -26,8 +26,9 @@ from einops import rearrange
 from torch import nn
 from torch.func import functional_call
 
-from .checkpoints import JsonConfig, load_component
-from .unet import Attention, ResnetBlock2D, Upsample2D
+from .checkpoints import load_component
+from .config import JsonConfig
+from .layers import Attention, ResnetBlock2D, Upsample2D
 
 EPS = 1e-6  # every GroupNorm of the VAE
 
@@ -57,7 +58,6 @@ class VAEConfig(JsonConfig):
         "use_post_quant_conv": True,
         "mid_block_add_attention": True,
     }
-    STRICT: ClassVar[bool] = True
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -101,27 +101,37 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-class EncoderBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, n: int, groups: int, downsample: bool):
+class ResnetStack(nn.Module):
+    """One level of the encoder or the decoder: n ResNet blocks, then the level's down- or up-sampler."""
+
+    def __init__(self, cin: int, cout: int, n: int, groups: int):
         super().__init__()
         self.resnets = nn.ModuleList(ResnetBlock2D(cin if i == 0 else cout, cout, None, groups, EPS) for i in range(n))
-        self.downsamplers = nn.ModuleList([Downsample(cout)]) if downsample else None
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
             x = resnet(x)
+        return self.resample(x)
+
+
+class EncoderBlock(ResnetStack):
+    def __init__(self, cin: int, cout: int, n: int, groups: int, downsample: bool):
+        super().__init__(cin, cout, n, groups)
+        self.downsamplers = nn.ModuleList([Downsample(cout)]) if downsample else None  # a list: downsamplers.0.*
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsamplers[0](x) if self.downsamplers else x
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(ResnetStack):
     def __init__(self, cin: int, cout: int, n: int, groups: int, upsample: bool):
-        super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock2D(cin if i == 0 else cout, cout, None, groups, EPS) for i in range(n))
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
+        super().__init__(cin, cout, n, groups)
+        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None  # a list: upsamplers.0.*
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet(x)
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
         return self.upsamplers[0](x) if self.upsamplers else x
 
 

@@ -49,11 +49,8 @@ def shipped_vocab_folder(tmp_path_factory) -> Path:
     """The shipped OpenAI vocabulary written as a diffusers/transformers ``tokenizer/`` folder."""
     from minisd.tokenizer import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_openai_vocab()
     folder = tmp_path_factory.mktemp("tokenizer")
-    (folder / "vocab.json").write_text(json.dumps(tok.vocab))
-    merges = "\n".join(" ".join(pair) for pair in tok.merge_rank)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + merges + "\n")
+    CLIPTokenizer.from_openai_vocab().save(folder)
     return folder
 
 

@@ -19,7 +19,7 @@ from diffusers import (
 from diffusers.training_utils import compute_snr
 
 from minisd.schedulers import SCHEDULERS, SchedulerConfig, StepOutput, make_scheduler
-from minisd.schedulers.from_diffusers import CLASS_DEFAULTS, IGNORED, READ_IF_PRESENT, REFUSED
+from minisd.schedulers.from_diffusers import CLASS_DEFAULTS, READ_IF_PRESENT, REFUSED
 
 from .conftest import max_rel_err
 from .tiny_sd import SD15_SCHEDULER_FILE as SD15_JSON
@@ -419,7 +419,7 @@ def test_every_diffusers_argument_is_accounted_for(name):
     assert CLASS_DEFAULTS[name] == {k: p.default for k, p in params.items() if k != "self"}
     fields = {f.name for f in dataclasses.fields(SchedulerConfig) if f.init}
     for key in [*CLASS_DEFAULTS[name], *READ_IF_PRESENT.get(name, ())]:
-        assert (key in fields) + (key in REFUSED) + (key in IGNORED) == 1, key
+        assert (key in fields) + (key in REFUSED) + (key in SchedulerConfig.IGNORED) == 1, key
     assert make_scheduler(name, CLASS_DEFAULTS[name]).config == make_scheduler(name, {}).config
 
 

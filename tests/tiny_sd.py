@@ -90,7 +90,7 @@ def build_reference(seed: int = 0, sd2: bool = False):
     # As from_pretrained reads the published file (it calls from_config on it).
     scheduler = DDIMScheduler.from_config(SD2_SCHEDULER_FILE) if sd2 else PNDMScheduler.from_config(SD15_SCHEDULER_FILE)
     folder = Path(tempfile.mkdtemp()) / "tokenizer"
-    write_vocab(folder)
+    CLIPTokenizer.from_openai_vocab().save(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = HFTokenizer.from_pretrained(folder, model_max_length=77, pad_token="!" if sd2 else "<|endoftext|>")
@@ -104,13 +104,6 @@ def build_reference(seed: int = 0, sd2: bool = False):
             feature_extractor=None,
             requires_safety_checker=False,
         )
-
-
-def write_vocab(folder: Path) -> None:
-    tok = CLIPTokenizer.from_openai_vocab()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(tok.vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in tok.merge_rank) + "\n")
 
 
 def save_diffusers(pipe, folder: Path) -> Path:

@@ -44,6 +44,7 @@ class DDIM(Scheduler):
     """Denoising diffusion implicit models (Song et al. 2021): deterministic at eta = 0, DDPM-like at eta = 1."""
 
     name = "ddim"
+    eta: float = 0.0  # η of eq. 16, this sampler's own setting: 0 deterministic, 1 DDPM-like (step(eta=) overrides)
 
     @property
     def final_alpha_cumprod(self) -> torch.Tensor:
@@ -54,13 +55,15 @@ class DDIM(Scheduler):
         """t − T // n, as diffusers: under "linspace" (or "trailing" when n ∤ T) not the next listed timestep."""
         return int(t) - self.config.num_train_timesteps // self._require_timesteps()
 
-    def step(self, model_output, t, x, generator=None, eta: float = 0.0) -> StepOutput:
+    def step(self, model_output, t, x, generator=None, eta: float | None = None) -> StepOutput:
+        eta = self.eta if eta is None else eta
         prev_t = self.previous_timestep(t)
         alpha_bar = self._alpha_bar(t)
         alpha_bar_prev = self._alpha_bar(prev_t) if prev_t >= 0 else self.final_alpha_cumprod
         a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
 
         x0 = _x0_from_output(model_output, x, a, s, self.config.prediction_type)
+        # v → ε: from v = √ᾱ·ε − √(1−ᾱ)·x0 and x = √ᾱ·x0 + √(1−ᾱ)·ε, ε = √ᾱ·v + √(1−ᾱ)·x
         eps = model_output if self.config.prediction_type == "epsilon" else a * model_output + s * x
         if self.config.clip_sample:
             x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)

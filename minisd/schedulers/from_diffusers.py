@@ -10,7 +10,6 @@ of SchedulerConfig), refused unless at a value minisd runs (REFUSED), or without
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import warnings
@@ -18,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import CheckpointError
+from ..config import CheckpointError
 from .schedule import SchedulerConfig
 
 # diffusers' scheduler classes, as a scheduler_config.json's _class_name names them, to minisd's names.
@@ -80,13 +79,6 @@ REFUSED: dict[str, tuple] = {
 REFUSED_BY_CLASS = {
     "dpmpp_2m": {"variance_type": (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")}
 }
-# Arguments read only under a setting refused above: they change nothing in what minisd runs.
-IGNORED = {
-    "dynamic_thresholding_ratio": "thresholding",
-    "sample_max_value": "thresholding",
-    "flow_shift": "use_flow_sigmas or use_dynamic_shifting",
-    "time_shift_type": "use_dynamic_shifting",
-}
 
 
 def read_config(name: str, config: Mapping[str, Any] | SchedulerConfig | None = None) -> SchedulerConfig:
@@ -117,22 +109,9 @@ def read_config(name: str, config: Mapping[str, Any] | SchedulerConfig | None = 
     given = {k: v for k, v in config.items() if not k.startswith("_") and k not in left_out}
     taken = {k: given.get(k, default) for k, default in CLASS_DEFAULTS[name].items()}
     taken |= {k: given[k] for k in READ_IF_PRESENT.get(name, ()) if k in given}
-    for key, accepted in (REFUSED | REFUSED_BY_CLASS.get(name, {})).items():
-        if key in taken and not any(_same(taken[key], a) for a in accepted):
-            raise ValueError(
-                f"scheduler config: {key}={taken[key]!r} is not implemented for {name}; minisd supports "
-                + " or ".join(map(repr, accepted))
-            )
-    fields = {f.name for f in dataclasses.fields(SchedulerConfig) if f.init}
-    settings = SchedulerConfig(**{k: v for k, v in taken.items() if k in fields})
+    settings = SchedulerConfig.from_dict(taken, fixed=REFUSED | REFUSED_BY_CLASS.get(name, {}), owner=name)
     settings.given = given
     return settings
-
-
-def _same(value: Any, accepted: Any) -> bool:
-    if accepted is None or isinstance(accepted, bool):
-        return value is accepted
-    return type(value) is not bool and value == accepted
 
 
 def read_model_folder(path: Path) -> tuple[str, dict[str, Any] | None]:

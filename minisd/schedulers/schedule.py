@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..config import JsonConfig
+
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -18,7 +20,7 @@ FINAL_SIGMAS = ("zero", "sigma_min")
 
 
 @dataclass
-class SchedulerConfig:
+class SchedulerConfig(JsonConfig):
     """The settings minisd's samplers read, complete. Default: SD v1.5's (PNDMScheduler as PLMS, "leading").
 
     ``make_scheduler(name, diffusers_config)`` builds one as diffusers' ``from_config`` would (see
@@ -37,12 +39,18 @@ class SchedulerConfig:
     clip_sample_range: float = 1.0
     set_alpha_to_one: bool = False  # DDIM, PNDM: ᾱ after the last step is 1, else ᾱ_0
     skip_prk_steps: bool = True  # PNDM: PLMS from the start (SD), else three Runge–Kutta steps first
-    use_karras_sigmas: bool = False  # Euler, DPM-Solver++
+    use_karras_sigmas: bool | None = False  # Euler, DPM-Solver++ (diffusers' Euler takes null for false)
     final_sigmas_type: str = "zero"  # Euler, DPM-Solver++: the σ after the last step, 0 or σ_0
     lower_order_final: bool = True  # DPM-Solver++: first-order last step when n < 15
     euler_at_final: bool = False  # DPM-Solver++: always a first-order last step
     # The diffusers entries this config was read from, less those left at their default; None: written here.
     given: dict[str, Any] | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
+
+    ERROR: ClassVar[type[Exception]] = ValueError
+    # Entries read only under a setting minisd refuses (see from_diffusers.REFUSED): they change nothing here.
+    IGNORED: ClassVar[frozenset[str]] = frozenset(
+        {"dynamic_thresholding_ratio", "sample_max_value", "flow_shift", "time_shift_type"}
+    )
 
     def __post_init__(self):
         def fail(name: str, want: str):

@@ -94,10 +94,9 @@ class Euler(SigmaScheduler):
         return x0 + sigma * noise
 
     def _x0(self, model_output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.config.prediction_type == "epsilon":
-            return x - sigma * model_output
-        # v on the ᾱ scale, x/√(σ²+1) = α·x0 + σα·ε with α = 1/√(σ²+1), brought back to x0
-        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+        """x̂0 from the UNet's output, which it computed on the ᾱ scale: x·α = α·x0 + σα·ε, α = 1/√(σ² + 1)."""
+        alpha, sigma_alpha = _alpha_sigma(sigma)
+        return _x0_from_output(model_output, x * alpha, alpha, sigma_alpha, self.config.prediction_type)
 
     def step(self, model_output, t, x, generator=None) -> StepOutput:
         i = self._index(t)

@@ -1,0 +1,86 @@
+"""Pictures for people: the denoising trace as a grid, the notebooks' figures, and writing them to files.
+
+Nothing here is part of Stable Diffusion itself; the notebooks import these helpers so that their cells show
+the model's code, not plotting code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def trace_grid(trace, pipe, cell: int = 128, columns: int = 10) -> Image.Image:
+    """Each step as a pair of thumbnails, x_t (first three latent channels as RGB) above the decoded
+    predicted x0; ``columns`` steps to a row, in order."""
+    F = torch.nn.functional
+    pairs = []
+    for step in trace:
+        x0 = pipe.unet_latents_to_images(step.pred_x0[:1].to(pipe.device, pipe.dtype)).cpu()  # (1, 3, H, W) in [0, 1]
+        lat = step.x_t[:1, :3].float()
+        lat = (lat - lat.min()) / (lat.max() - lat.min() + 1e-8)  # stretched to [0, 1]
+        size = (cell, round(cell * x0.shape[-1] / x0.shape[-2]))
+        x0 = F.interpolate(x0, size=size, mode="bilinear", antialias=True)
+        lat = F.interpolate(lat, size=size, mode="nearest")
+        pairs.append(torch.cat([lat, x0], dim=-2)[0])  # (3, 2·cell, w)
+    pairs += [torch.ones_like(pairs[0])] * (-len(pairs) % columns)  # pad the last row with white
+    rows = [torch.cat(pairs[i : i + columns], dim=-1) for i in range(0, len(pairs), columns)]
+    return pipe.to_pil(torch.cat(rows, dim=-2)[None].clamp(0, 1))[0]
+
+
+def save_atomically(pictures: dict[Path, Image.Image]) -> None:
+    """Write every picture to a temporary file beside its target, then rename them all: a failure part-way
+    (a full disk, an unwritable folder) leaves neither half-written pictures nor some of the set."""
+    written: list[tuple[str, Path]] = []
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        for path, image in pictures.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+            os.close(fd)
+            written.append((tmp, path))
+            image.save(tmp)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a picture gets the usual mode
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def caption_grid(pictures: list[Image.Image], captions: list[str], cell: int = 160, columns: int = 8) -> Image.Image:
+    """Pictures in rows of ``columns``, each enlarged to ``cell`` pixels with its caption underneath."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    lines = [_wrap(c, font, cell - 8) for c in captions]
+    text_h = 8 + 16 * max(len(w) for w in lines)
+    columns = min(columns, len(pictures))
+    rows = -(-len(pictures) // columns)
+    grid = Image.new("RGB", (cell * columns, (cell + text_h) * rows), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (picture, wrapped) in enumerate(zip(pictures, lines, strict=True)):
+        x, y = i % columns * cell, i // columns * (cell + text_h)
+        grid.paste(picture.resize((cell, cell), Image.NEAREST), (x, y))
+        for j, line in enumerate(wrapped):
+            draw.text((x + 4, y + cell + 4 + 16 * j), line, fill="black", font=font)
+    return grid
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    lines = [""]
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}".strip()
+        if font.getlength(candidate) <= width or not lines[-1]:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
