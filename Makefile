@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format notebooks bench clean
+.PHONY: demo test lint format notebooks book bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,16 @@ format: $(VENV)/.test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Run every notebook in place (outputs committed, so figures show on a code host); the GIF lands beside them.
 notebooks: $(VENV)/.test
-	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
+	cd notebooks && ../$(BIN)/jupyter execute --inplace [0-9][0-9]_*.ipynb
+
+# The executed notebooks as a static site in site/ (not committed): open site/index.html.
+book: $(VENV)/.test
+	$(BIN)/python notebooks/make_book.py site
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/unet_forward.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

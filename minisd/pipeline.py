@@ -12,6 +12,9 @@
     image_to_image starts step 2 from the user's picture instead: encoded, then noised to the timestep that
     ``strength`` picks (q(x_t | x_0)), and runs only the remaining steps (Meng et al. 2022, SDEdit).
 
+Read it in that order: ``load_pipeline`` builds the parts, ``text_to_image`` makes x_T and runs ``denoise``
+(step 3, a generator that yields each step as a ``TraceStep``), and ``unet_latents_to_images`` is step 4.
+
 Random numbers come from one ``torch.Generator("cpu").manual_seed(seed)`` in the order diffusers draws
 them (initial latent or VAE sample + noise, then the ancestral samplers' noise), so that a seed gives the
 same picture as diffusers' StableDiffusionPipeline with the same weights.
@@ -19,6 +22,7 @@ same picture as diffusers' StableDiffusionPipeline with the same weights.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +39,10 @@ from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
 from .vae import AutoencoderKL, VAEConfig, load_vae
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "minisd-tiny"
+# minisd's own small model: weights/minisd-tiny in the repository, linked as minisd/data/minisd-tiny, which an
+# installed package carries as a copy (where links are not checked out, the repository's folder is used).
+PACKAGED_MODEL = Path(__file__).parent / "data" / "minisd-tiny"
+SHIPPED_MODEL = PACKAGED_MODEL if PACKAGED_MODEL.is_dir() else Path(__file__).parent.parent / "weights" / "minisd-tiny"
 
 
 @dataclass
@@ -308,7 +315,10 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     config: str | Path | None = None,
 ) -> StableDiffusion:
-    """Stable Diffusion from a diffusers model folder or a CompVis single file; ``None``: minisd's own model.
+    """Stable Diffusion from a diffusers model folder or a CompVis single file.
+
+    ``None``: the model named by the environment variable ``MINISD_WEIGHTS``, else minisd's own small model
+    (weights/minisd-tiny, trained on the shapes world; see minisd/train.py).
 
     ``device`` defaults to CPU (pass "cuda" or "mps" to use a GPU); ``dtype`` to float32 (float16/bfloat16
     are for GPUs; the VAE decodes fp16 in fp32). A single file holds no configs: SD1.x's are assumed, or
@@ -317,6 +327,8 @@ def load_pipeline(
     """
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
+    if path is None and os.environ.get("MINISD_WEIGHTS"):
+        path = os.environ["MINISD_WEIGHTS"]
     if path is None:
         if not SHIPPED_MODEL.is_dir():
             raise FileNotFoundError(

@@ -29,6 +29,7 @@ runs data-parallel (DistributedDataParallel; gloo on CPUs, NCCL on GPUs).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -199,7 +200,7 @@ class Trainer:
         torch.set_flush_denormal(True)
         torch.manual_seed(settings.seed)  # the initial weights
         self.tokenizer = load_tokenizer()
-        self.vae = AutoencoderKL(VAE).to(self.device)
+        self.vae = AutoencoderKL(dataclasses.replace(VAE)).to(self.device)  # a copy: its scaling factor is set
         self.text_encoder = CLIPTextModel(TEXT).to(self.device)
         self.unet = UNet2DConditionModel(UNET).to(self.device)
         self.scheduler = make_scheduler("ddpm")  # SD's noise schedule: scaled_linear 0.00085 … 0.012
@@ -233,7 +234,7 @@ class Trainer:
     def train_phases(self) -> None:
         if self.phase == "vae":
             self.train_vae()
-            self.scaling_factor = self.measure_scaling_factor()
+            self.scaling_factor = self.vae.config.scaling_factor = self.measure_scaling_factor()
             self.phase, self.step = "unet", 0
             self.save_state()
         if self.phase == "unet":
@@ -258,7 +259,8 @@ class Trainer:
     def measure_scaling_factor(self, n: int = 512) -> float:
         """1 / std of the VAE's latents over n pictures: the UNet then sees latents of unit variance."""
         x, _ = shapes.batch(self.s.seed + 10**9, n)
-        z = torch.cat([self.vae.encode(chunk.to(self.device)).sample() for chunk in x.split(64)])
+        generator = torch.Generator().manual_seed(self.s.seed)
+        z = torch.cat([self.vae.encode(chunk.to(self.device)).sample(generator) for chunk in x.split(64)])
         return float(1 / z.float().std())
 
     def train_unet(self) -> None:
@@ -276,7 +278,7 @@ class Trainer:
             lr = self.s.lr * min(1.0, (self.step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
             with autocast(self.device):
                 with torch.no_grad():
-                    z0 = self.vae.encode(x.to(self.device)).sample(generator).float() * self.scaling_factor
+                    z0 = self.vae.scale_latents(self.vae.encode(x.to(self.device)).sample(generator).float())
                 loss = eps_loss(model, self.scheduler, ids, z0, generator)
             self.optimise(self.opt, loss, lr, [*self.text_encoder.parameters(), *self.unet.parameters()])
             self.ema["text_encoder"].update(self.text_encoder)
@@ -343,6 +345,7 @@ class Trainer:
         state = torch.load(self.state_file, map_location=self.device, weights_only=True)
         self.phase, self.step = state["phase"], state["step"]
         self.scaling_factor, self.seconds = state["scaling_factor"], state["seconds"]
+        self.vae.config.scaling_factor = self.scaling_factor
         self.losses = {k: v.tolist() for k, v in state["losses"].items()}
         for name in ("vae", "text_encoder", "unet"):
             getattr(self, name).load_state_dict(state[name])
@@ -355,7 +358,6 @@ class Trainer:
         """The EMA weights as a diffusers model folder, in fp16 (half the bytes; minisd loads it as fp32)."""
         self.text_encoder.load_state_dict(self.ema["text_encoder"].shadow)
         self.unet.load_state_dict(self.ema["unet"].shadow)
-        self.vae.config.scaling_factor = self.scaling_factor
         write_model_folder(folder, self.tokenizer, self.text_encoder, self.unet, self.vae, torch.float16)
         meta = {
             "seed": self.s.seed,

@@ -84,3 +84,44 @@ def _wrap(text: str, font, width: int) -> list[str]:
         else:
             lines.append(word)
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The notebooks' figures
+
+
+def pixels(x: torch.Tensor):
+    """A picture tensor (3, H, W) or (1, 3, H, W) in [−1, 1] -> an (H, W, 3) array in [0, 1] for imshow."""
+    x = x.detach().float().cpu().reshape(-1, *x.shape[-2:])[:3]
+    return ((x + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def latent_rgb(z: torch.Tensor):
+    """A latent (4, h, w) or (1, 4, h, w) -> its first three channels as an (h, w, 3) array, each channel
+    stretched to [0, 1] (a latent has no colours: this only makes its structure visible)."""
+    z = z.detach().float().cpu().reshape(-1, *z.shape[-2:])[:3]
+    low, high = z.flatten(1).min(1).values[:, None, None], z.flatten(1).max(1).values[:, None, None]
+    return ((z - low) / (high - low + 1e-8)).permute(1, 2, 0).numpy()
+
+
+def show_row(pictures: list, titles: list[str] | None = None, size: float = 2.0, suptitle: str | None = None):
+    """Arrays or PIL images side by side, without axes; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pictures), figsize=(size * len(pictures), size * 1.15), squeeze=False)
+    for ax, picture, title in zip(axes[0], pictures, titles or [""] * len(pictures), strict=True):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def save_gif(frames: list[Image.Image], path: str | Path, ms: int = 120) -> Path:
+    """An animated GIF of the frames (the last one held three times as long)."""
+    path = Path(path)
+    durations = [ms] * (len(frames) - 1) + [3 * ms]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return path

@@ -22,28 +22,9 @@ A diffusers config (a scheduler_config.json's dict, or diffusers' ``scheduler.co
 sampler stands for, which differs between classes (``from_diffusers.read_config``). An entry minisd does not
 implement is refused unless it is at a value minisd runs.
 
-Each sampler is checked step for step against its diffusers counterpart (tests/test_schedulers.py), down to where the
-reference has quirks. Those are matched, except where diffusers crashes or reads a wrong entry:
-
-* DDIM and PNDM take the previous timestep as t − T // n under every spacing; under "linspace" (and "trailing"
-  when n does not divide T) that is not the next entry of ``timesteps``. Matched (see ``DDIM.previous_timestep``).
-* "trailing" spacing builds ``np.arange(T, 0, -T/n)``, whose float step yields n + 1 timesteps, the last one −1,
-  for some n (61, 103, 121, ...). Matched. At t = −1 diffusers' DDPM/DDIM/PNDM read ᾱ[−1], i.e. ᾱ_{T−1}
-  (Python's wrap-around); here ᾱ_t is read at t clamped to [0, T − 1], as np.interp gives the sigma samplers.
-* "leading" with steps_offset = 1 and n = T starts at t = T: diffusers' DDPM/DDIM/PNDM raise IndexError;
-  here the clamp reads ᾱ_{T−1}.
-* DPM-Solver's "leading" spacing divides T by n + 1, so n ≥ T puts every timestep at steps_offset (steps of
-  size 0, hence NaN, would follow); here ``set_timesteps`` raises a ValueError instead.
-* DPM-Solver's Karras timesteps are truncated, not rounded, under squaredcos_cap_v2. Matched.
-* Before ``set_timesteps``, diffusers' DPM-Solver ``add_noise`` pairs t with σ at T − 1 − t (its σ table is
-  stored ascending); here it uses σ_t.
-* PNDM's Runge–Kutta warm-up (skip_prk_steps false) needs 4 timesteps: diffusers fails on fewer with a
-  broadcasting error; here ``set_timesteps`` raises a ValueError. Started past its first timestep
-  (image-to-image), diffusers counts the Runge–Kutta stages from its step count and silently reads the wrong
-  timesteps; here ``step`` raises a ValueError.
-* When the first timestep appears twice, diffusers starts at its second occurrence; here at the first. Only
-  degenerate schedules repeat it: the DPM case above, and DPM-Solver's Karras σ under squaredcos_cap_v2,
-  whose first timesteps all truncate to 998 and where diffusers overruns its σ table on the last step.
+Each sampler is checked step for step against its diffusers counterpart (tests/test_schedulers.py). Where
+diffusers has quirks they are matched, except where it crashes or reads a wrong entry: ``QUIRKS.md`` beside
+this file lists each case and what minisd does there.
 """
 
 from __future__ import annotations

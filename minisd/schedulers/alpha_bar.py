@@ -183,7 +183,9 @@ class PNDM(Scheduler):
         """Liu et al. 2022, eq. 9: the transfer φ(x_t, ε, t, t − δ), i.e. a DDIM step (eta = 0)."""
         alpha_bar = self._alpha_bar(t)
         alpha_bar_prev = self._alpha_bar(prev_t) if prev_t >= 0 else self.final_alpha_cumprod
-        if self.config.prediction_type == "v_prediction":  # the combined output read as v at (x, t)
+        if self.config.prediction_type == "v_prediction":  # v → ε: ε = √ᾱ·v + √(1−ᾱ)·x
             output = alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * x
+        # eq. 9, with ᾱ = ᾱ_t and ᾱ' = ᾱ_{t−δ}:
+        #   φ = √(ᾱ'/ᾱ)·x_t − (ᾱ' − ᾱ)·ε / (ᾱ·√(1 − ᾱ') + √(ᾱ·(1 − ᾱ)·ᾱ'))
         denominator = alpha_bar * (1 - alpha_bar_prev).sqrt() + (alpha_bar * (1 - alpha_bar) * alpha_bar_prev).sqrt()
         return (alpha_bar_prev / alpha_bar).sqrt() * x - (alpha_bar_prev - alpha_bar) * output / denominator

@@ -196,7 +196,8 @@ class DPMSolverPP2M(SigmaScheduler):
             alpha_p, sigma_p = _alpha_sigma(self.sigmas[i - 1])
             r = (_lambda(alpha_s, sigma_s) - _lambda(alpha_p, sigma_p)) / h
             D = x0 + 0.5 * (x0 - self._prev_x0) / r
-        # x_t = (σ_t/σ_s)·x_s − α_t·(e^{−h} − 1)·D
+        # Lu et al. 2022, eq. 5 (the DPM-Solver++ update in log-SNR time, h = λ_t − λ_s):
+        #   x_t = (σ_t/σ_s)·x_s − α_t·(e^{−h} − 1)·D
         prev = (sigma_t / sigma_s) * x - (alpha_t * (torch.exp(-h) - 1.0)) * D
         self._prev_x0, self._step_index = x0, i + 1
         return StepOutput(prev.to(model_output.dtype), x0)

@@ -1,0 +1,71 @@
+"""The shapes world: what it draws, what its captions say, and that the analyser reads it back."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from minisd import shapes
+
+
+def test_batches_are_reproducible_and_in_range():
+    a, captions = shapes.batch(seed=3, n=16)
+    b, again = shapes.batch(seed=3, n=16)
+    assert torch.equal(a, b) and captions == again
+    assert a.shape == (16, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, shapes.batch(seed=4, n=16)[0])
+
+
+def test_edges_are_anti_aliased():
+    picture = shapes.draw(shapes.single_scene(random.Random(0), "red", "circle", "in the center", "large"))
+    levels = torch.unique(picture[0])
+    assert len(levels) > 10  # a hard-edged disc would have two
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_the_analyser_reads_every_drawn_scene_back(held_out):
+    rng = random.Random(1)
+    scenes = [shapes.random_scene(rng, held_out) for _ in range(300)]
+    for scene in scenes:
+        result = shapes.check(scene, shapes.analyse(shapes.draw(scene)))
+        assert all(result.values()), (scene.caption, result)
+
+
+def test_the_analyser_tells_wrong_pictures_apart():
+    rng = random.Random(2)
+    scene = shapes.single_scene(rng, "blue", "triangle", "on the left", "large")
+    for wrong in [
+        shapes.single_scene(rng, "green", "triangle", "on the left", "large"),
+        shapes.single_scene(rng, "blue", "square", "on the left", "large"),
+        shapes.single_scene(rng, "blue", "triangle", "on the right", "large"),
+    ]:
+        assert not all(shapes.check(scene, shapes.analyse(shapes.draw(wrong))).values())
+    blank = np.full((64, 64, 3), 128, dtype=np.uint8)
+    assert shapes.analyse(blank) == []
+
+
+def test_positions_and_colours_are_as_a_person_reads_them():
+    rng = random.Random(3)
+    for where, (x, y) in shapes.POSITIONS.items():
+        found = shapes.analyse(shapes.draw(shapes.single_scene(rng, "purple", "square", where, "small")))
+        assert abs(found[0].x - x) <= shapes.JITTER + 0.02 and abs(found[0].y - y) <= shapes.JITTER + 0.02
+    r, g, b = shapes.rgb("red")
+    assert r > 0.9 and g < 0.2 and b < 0.2
+
+
+def test_training_never_draws_a_held_out_combination():
+    rng = random.Random(4)
+    for _ in range(3000):
+        scene = shapes.random_scene(rng)
+        if len(scene.shapes) == 1 and scene.position is not None:
+            s = scene.shapes[0]
+            assert (s.colour, s.shape, scene.position) not in shapes.HELD_OUT_SINGLE
+        elif len(scene.shapes) == 2:
+            a, b = scene.shapes
+            assert (a.colour, a.shape, b.colour, b.shape) not in shapes.HELD_OUT_PAIRS
+    evaluation = shapes.evaluation_scenes()
+    assert len(evaluation) == 2 * len(shapes.HELD_OUT_SINGLE) + 5 * len(shapes.HELD_OUT_PAIRS)
+    assert len({s.caption for s in evaluation}) == len(evaluation)

@@ -1,0 +1,86 @@
+"""minisd train: the quick mode end to end, resuming, data parallel with two processes, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import minisd
+from minisd.train import Settings, Trainer, train
+
+pytestmark = pytest.mark.xdist_group("train")  # the torchrun test wants both cores
+
+
+@pytest.fixture(scope="module")
+def quick_model(tmp_path_factory):
+    return train(Settings.quick(tmp_path_factory.mktemp("tiny")))
+
+
+def test_quick_training_writes_a_model_minisd_and_diffusers_load(quick_model):
+    for name in ("model_index.json", "loss.png", "training.json", "unet/config.json", "tokenizer/vocab.json"):
+        assert (quick_model / name).is_file(), name
+    pipe = minisd.load_pipeline(quick_model)
+    ours = pipe.text_to_image("a red circle", steps=3, progress=False)
+    from diffusers import StableDiffusionPipeline
+
+    reference = StableDiffusionPipeline.from_pretrained(quick_model, safety_checker=None)
+    theirs = reference(
+        "a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent"
+    )
+    assert ((ours.latents - theirs.images).abs().max() / theirs.images.abs().max()) <= 1e-4
+    training = json.loads((quick_model / "training.json").read_text())
+    assert training["scaling_factor"] == pytest.approx(pipe.vae.config.scaling_factor, rel=1e-6)
+
+
+def test_interrupted_training_resumes_where_it_stopped(tmp_path):
+    """Stopped after the VAE, resumed: the same weights as an uninterrupted run."""
+    whole = Trainer(Settings.quick(tmp_path / "whole"))
+    whole.run()
+    part = Trainer(Settings.quick(tmp_path / "part"))
+    part.train_vae()
+    part.save_state()
+    resumed = Trainer(Settings.quick(tmp_path / "part"))
+    resumed.load_state()
+    assert resumed.phase == "vae" and resumed.step == part.step
+    resumed.run()
+    for name in ("vae", "unet", "text_encoder"):
+        for (key, a), b in zip(
+            getattr(whole, name).state_dict().items(), getattr(resumed, name).state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), (name, key)
+
+
+def test_resume_without_a_state_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no .*train_state\.pt to resume from"):
+        train(Settings.quick(tmp_path), resume=True)
+
+
+def test_cli_quick_and_bad_steps(tmp_path):
+    run = [sys.executable, "-m", "minisd", "train", "--out", str(tmp_path / "m")]
+    bad = subprocess.run([*run, "--unet-steps", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "minisd: error: --unet-steps 0: need at least 1"
+    ok = subprocess.run([*run, "--quick"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "m" / "model_index.json").is_file()
+
+
+def test_two_processes_with_torchrun(tmp_path):
+    """DistributedDataParallel on two CPU processes (gloo): the path for users who outgrow one machine."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*torchrun, "-m", "minisd", "train", "--quick", "--out", str(tmp_path / "ddp")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    training = json.loads((tmp_path / "ddp" / "training.json").read_text())
+    assert training["world_size"] == 2
+    minisd.load_pipeline(tmp_path / "ddp").text_to_image("a blue square", steps=2, progress=False)
