@@ -74,7 +74,7 @@ VAE = VAEConfig(
 )
 HIGH_NOISE_FROM = 700  # half of the UNet's timesteps are drawn from [700, 1000), see the module docstring
 # The sampler the model ships with; chosen by measurement (see the model card).
-SHIPPED_SCHEDULER = {"_class_name": "DDIMScheduler", "timestep_spacing": "trailing"}
+SHIPPED_SCHEDULER = {"_class_name": "PNDMScheduler", "skip_prk_steps": True, "timestep_spacing": "leading"}
 
 
 @dataclass
