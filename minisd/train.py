@@ -14,13 +14,13 @@ The recipe of Rombach et al. 2022, at a size a laptop trains in under an hour:
    10% of captions are dropped to "" so that one network also learns the unconditional ε that classifier-free
    guidance needs, and an exponential moving average of the weights is what ships.
 
-**p(t), the lesson of small latents.** SD's noise schedule ends at ᾱ_999 ≈ 0.0047, so x_999 still holds
-√ᾱ ≈ 0.07 of the clean latent. At 64×64 latents that is invisible; at 16×16 the picture's layout (a blob on
-the left) survives in the lowest frequencies, where 256 pixels average the noise away. A model trained with
-t uniform learns to read the layout from x_t at high noise, and at sampling time, when x_T is pure noise, it
-reads the layout from the noise instead of the text: the shapes land anywhere. Drawing half of each batch's
-timesteps from the high-noise end (``HIGH_NOISE_FROM`` … 999) makes the network learn there, where only the
-text can say where the shapes go. See weights/minisd-tiny/README.md for the figures.
+**p(t), the lesson of SD's last timestep.** SD's noise schedule ends at ᾱ_999 ≈ 0.0047, so x_999 still holds
+√ᾱ ≈ 0.07 of the clean latent. A layout (a blob on the left) is a low-frequency signal: averaged over a region
+the noise cancels and the picture does not, so x_999 still tells where the shapes are (notebooks 3 and 8
+measure it). A model trained with t uniform learns to read the layout from x_t at high noise, and at sampling
+time, when x_T is pure noise, it reads the layout from the noise instead of the text: the shapes land
+anywhere. Drawing half of each batch's timesteps from the high-noise end (``HIGH_NOISE_FROM`` … 999) gives the
+network much of its practice where the text is the best guide to the layout. See weights/minisd-tiny/README.md.
 
 Run ``minisd train --out DIR`` (``--quick`` for a smoke test of a few steps). Interrupted training resumes
 from ``DIR/train_state.pt`` with ``--resume``. With ``torchrun --nproc_per_node N -m minisd train ...`` it

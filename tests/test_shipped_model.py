@@ -1,0 +1,71 @@
+"""minisd-tiny, the model minisd ships: diffusers reads it as it is, and the demo draws what it is asked."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import minisd
+from minisd import shapes
+from minisd.demo import CAPTIONS, run_demo
+from minisd.pipeline import SHIPPED_MODEL
+
+from .conftest import max_rel_err
+
+
+def test_it_is_found_and_small():
+    assert minisd.load_pipeline().unet.config.sample_size == 16
+    assert SHIPPED_MODEL.is_dir()
+    size = sum(f.stat().st_size for f in SHIPPED_MODEL.rglob("*") if f.is_file())
+    assert size <= 40e6, f"{size / 1e6:.1f} MB"
+
+
+def test_diffusers_loads_every_component_without_missing_or_unexpected_keys():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder")):
+            _, info = cls.from_pretrained(SHIPPED_MODEL, subfolder=sub, output_loading_info=True)
+            assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), (sub, info)
+
+
+def test_diffusers_pipeline_gives_the_same_latents():
+    from diffusers import StableDiffusionPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = StableDiffusionPipeline.from_pretrained(SHIPPED_MODEL, safety_checker=None)
+    reference.set_progress_bar_config(disable=True)
+    prompt = "a green circle above a purple square"
+    theirs = reference(prompt, num_inference_steps=12, generator=torch.Generator().manual_seed(5), output_type="latent")
+    ours = minisd.load_pipeline().text_to_image(prompt, steps=12, seed=5, progress=False)
+    assert max_rel_err(ours.latents, theirs.images) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(list(CAPTIONS), out)
+
+
+def test_demo_writes_its_pictures(demo):
+    out, paths = demo
+    assert sorted(p.name for p in paths) == ["demo.png", "trace.png"]
+    grid = Image.open(out / "demo.png")
+    assert grid.width == 160 * len(CAPTIONS)
+
+
+def test_demo_pictures_show_what_their_captions_say():
+    """The demo's captions with the pipeline's defaults and seed 0, read back by the shapes analyser."""
+    pipe = minisd.load_pipeline()
+    for caption in CAPTIONS:
+        picture = np.asarray(pipe.text_to_image(caption, progress=False).images[0])
+        found = {(f.colour, f.shape) for f in shapes.analyse(picture)}
+        named = {(w, s) for w in shapes.COLOURS for s in shapes.SHAPES if f"{w} {s}" in caption}
+        assert named <= found, (caption, found)
