@@ -45,3 +45,20 @@ def test_the_book_builds(tmp_path):
     )
     for name in links:
         assert "data:image/png;base64" in (tmp_path / f"{name}.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def another_model(tmp_path_factory):
+    """A Stable-Diffusion-family model of other widths, depths and VAE factor, in the diffusers layout."""
+    from .tiny_sd import build_reference, save_diffusers
+
+    return save_diffusers(build_reference(), tmp_path_factory.mktemp("another"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_other_weights_with_one_setting(path, tmp_path, another_model, monkeypatch):
+    """MINISD_WEIGHTS points every notebook at another model, with no other change."""
+    monkeypatch.setenv("MINISD_WEIGHTS", str(another_model))
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
