@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format notebooks book bench clean
+.PHONY: demo test lint format notebooks book bench recordings clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ book: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/unet_forward.py
+
+# minisd-tiny's reference recordings (fp32, CPU), which tests/test_reference.py regenerates and compares.
+recordings: $(VENV)/.runtime
+	mkdir -p weights/recordings
+	$(BIN)/python -m minisd record "a red circle on the left" --out weights/recordings/minisd-tiny-red-circle.safetensors
+	$(BIN)/python -m minisd record "a blue square above a yellow triangle" --scheduler ddim --steps 25 \
+		--out weights/recordings/minisd-tiny-ddim-pair.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

@@ -1,4 +1,4 @@
-"""The ``minisd`` command line: generate, img2img, inspect, demo.
+"""The ``minisd`` command line: generate, img2img, inspect, record, compare, demo, train.
 
 A user mistake (a bad flag, a missing file, a size not divisible by 8, an unknown scheduler, a checkpoint
 that does not fit) ends in one line on stderr and exit code 2, with no traceback and no output file.
@@ -151,6 +151,77 @@ def train(args: argparse.Namespace) -> None:
     print(f"model written to {run_training(settings, resume=args.resume)}")
 
 
+def record(args: argparse.Namespace) -> None:
+    """Every intermediate of one generation into one safetensors file (see minisd/reference.py)."""
+    out = Path(args.out)
+    if out.suffix != ".safetensors" or not out.parent.is_dir():
+        raise UserError(f"--out {args.out}: give a .safetensors file name in an existing folder")
+    if args.engine == "diffusers":
+        return record_with_diffusers(args)
+    from .reference import record as run_record
+
+    settings = vars(record_settings(args))
+    rec = run_record(settings.pop("prompt"), args.weights, pipe=open_pipeline(args), **settings)
+    rec.save(out)
+    print(f"recorded {len(rec.tensors)} tensors to {out}")
+
+
+def record_settings(args: argparse.Namespace):
+    from .reference import Settings
+
+    names = dict(negative_prompt="negative", guidance_scale="guidance")
+    return Settings(**{f: getattr(args, names.get(f, f)) for f in Settings.__dataclass_fields__})
+
+
+def record_with_diffusers(args: argparse.Namespace) -> None:
+    """Run benchmarks/diffusers_engine.py in its own process: minisd itself never imports diffusers."""
+    import subprocess
+
+    engine = Path(__file__).resolve().parent.parent / "benchmarks" / "diffusers_engine.py"
+    if not engine.is_file():
+        raise UserError("--engine diffusers needs minisd's repository (benchmarks/diffusers_engine.py) and diffusers")
+    if args.weights is None or not Path(args.weights, "model_index.json").is_file():
+        raise UserError("--engine diffusers: give --weights, a diffusers model folder (with model_index.json)")
+    argv = [args.prompt, "--weights", args.weights, "--out", args.out, "--negative", args.negative]
+    for flag in ("steps", "scheduler", "guidance", "seed", "height", "width", "block_step"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    done = subprocess.run([sys.executable, str(engine), *argv])
+    if done.returncode:
+        raise UserError(f"the diffusers engine failed (exit code {done.returncode}); see its message above")
+
+
+def compare(args: argparse.Namespace) -> int:
+    from .reference import Recording
+    from .reference import compare as run_compare
+
+    report = run_compare(Recording.load(args.a), Recording.load(args.b), rtol=args.rtol, atol=args.atol)
+    print(report)
+    return 1 if report.first_failure else 0
+
+
+def add_record_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the model's own")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--block-step", type=int, default=0, help="the step whose UNet parts are recorded")
+    p.add_argument("--out", required=True, help="the recording, a .safetensors file")
+
+
+def record_parser() -> argparse.ArgumentParser:
+    """The flags of ``minisd record``, for benchmarks/diffusers_engine.py to read the same command line."""
+    p = Parser(prog="diffusers_engine.py", description="Record diffusers' generation under minisd's names.")
+    add_record_flags(p)
+    p.add_argument("--engine", choices=["diffusers"], default="diffusers")
+    return p
+
+
 def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None:
     p.add_argument("prompt")
     p.add_argument("--negative", default="", help="negative prompt (what to steer away from)")
@@ -197,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.set_defaults(run=train)
 
+    p = sub.add_parser("record", help="record every intermediate of one generation (see minisd/reference.py)")
+    add_record_flags(p)
+    p.add_argument("--engine", choices=["minisd", "diffusers"], default="minisd", help="diffusers: its pipeline")
+    p.add_argument("--config", help="for a single file of another shape than SD1.x: its diffusers folder")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.set_defaults(run=record)
+
+    p = sub.add_parser("compare", help="compare two recordings stage by stage; exit 1 at a divergence")
+    p.add_argument("a", help="the reference recording")
+    p.add_argument("b", help="the recording to check")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative error allowed, ‖a − b‖/‖a‖ (default 1e-4)")
+    p.add_argument("--atol", type=float, default=0.0, help="max abs error below which a stage passes anyway")
+    p.set_defaults(run=compare)
+
     p = sub.add_parser("demo", help="a few pictures and the denoising trace of one, into outputs/")
     p.add_argument("prompts", nargs="*", help="captions (default: four of the shapes world)")
     p.add_argument("--weights", help=WEIGHTS_HELP)
@@ -209,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        args.run(args)
+        status = args.run(args)
     except (UserError, CheckpointError, OSError, ValueError) as e:
         print(f"minisd: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

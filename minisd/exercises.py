@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from .attention import attention
+from .reference import RECORDINGS, Recording
 from .schedulers import make_scheduler
 from .tokenizer import load_tokenizer
 
@@ -47,7 +49,7 @@ def _run(what: str, cases: list[tuple[str, Callable[[], tuple]]]) -> bool:
         yours, ours = make()
         if not _compare(what, yours, ours, case):
             return False
-    print(f"✓ {what}: right on all {len(cases)} cases.")
+    print(f"✓ {what}: right on all {len(cases)} case{'s' if len(cases) != 1 else ''}.")
     return True
 
 
@@ -70,7 +72,28 @@ def check_cfg(your_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tenso
         u, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
         return lambda: (your_fn(u, c, scale), u + scale * (c - u))
 
-    return _run("classifier-free guidance", [(f"scale {s}", case(s)) for s in (0.0, 1.0, 3.0, 7.5)])
+    if not _run("classifier-free guidance", [(f"scale {s}", case(s)) for s in (0.0, 1.0, 3.0, 7.5)]):
+        return False
+    return check_recorded("guidance", your_fn)
+
+
+def check_recorded(stage: str, your_fn: Callable, recording: str | None = None) -> bool:
+    """Run ``your_fn`` on the inputs of one stage of a reference recording, every step in order, and compare
+    with what minisd gave (see minisd/reference.py). Default: minisd-tiny's 25-step DDIM recording.
+
+    text_encoder: your_fn(input_ids) -> (2B, 77, width)    unet: your_fn(sample, timestep, context) -> ε
+    guidance: your_fn(eps_uncond, eps_cond, scale) -> ε    scheduler: your_fn(eps, timestep, x_t) -> x_{t−1}
+    vae: your_fn(latents, scaling_factor) -> image in [0, 1]
+    """
+    path = recording or RECORDINGS / "minisd-tiny-ddim-pair.safetensors"
+    rec = Recording.load(path)
+    steps = range(rec.steps) if stage in ("unet", "guidance", "scheduler") else [None]
+
+    def case(step):
+        inputs, outputs = rec.inputs(stage, step), rec.outputs(stage, step)
+        return lambda: (your_fn(*inputs.values()), next(iter(outputs.values())))
+
+    return _run(f"{stage} on {Path(path).name}", [(f"step {k}" if k is not None else stage, case(k)) for k in steps])
 
 
 def check_attention(your_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:

@@ -125,3 +125,22 @@ def save_gif(frames: list[Image.Image], path: str | Path, ms: int = 120) -> Path
     durations = [ms] * (len(frames) - 1) + [3 * ms]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
     return path
+
+
+def error_along_the_flow(report, first: int = 40, size: tuple[float, float] = (10, 3)):
+    """The relative error of each stage of a ``reference.compare`` report, in data-flow order (log scale;
+    exact equality drawn at the bottom), the first failing stage in red."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.rows if not r.note][:first]
+    floor = 1e-12  # where an exact 0 is drawn on the log axis
+    fig, ax = plt.subplots(figsize=size)
+    colours = ["tab:red" if r is report.first_failure else "tab:blue" for r in rows]
+    ax.bar(range(len(rows)), [max(r.rel, floor) for r in rows], color=colours, bottom=floor)
+    ax.axhline(report.rtol, color="grey", linestyle="--", linewidth=1, label=f"rtol {report.rtol:g}")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)), [r.name for r in rows], rotation=90, fontsize=7)
+    ax.set_ylabel("‖a − b‖ / ‖a‖")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -51,7 +51,8 @@ CASES = {
 
 
 def test_every_checker_is_tested():
-    assert {n for n in dir(exercises) if n.startswith("check_")} == set(CASES)
+    checkers = {n for n in dir(exercises) if n.startswith("check_")}
+    assert checkers == set(CASES) | {"check_recorded"}  # check_recorded: its own test below
 
 
 def test_right_answers_pass_and_wrong_ones_are_explained(capsys):
@@ -68,3 +69,18 @@ def test_a_wrong_shape_or_type_is_named(capsys):
     assert "shape" in capsys.readouterr().out
     assert exercises.check_cfg(lambda u, c, s: None) is False
     assert "returned a NoneType" in capsys.readouterr().out
+
+
+def test_check_recorded_replays_minisd_tinys_recording(capsys):
+    from minisd import load_pipeline
+    from minisd.exercises import check_recorded
+    from minisd.schedulers import make_scheduler
+
+    pipe = load_pipeline()
+    assert check_recorded("unet", lambda x, t, c: pipe.unet(x, t, c))
+    sched = make_scheduler("ddim", pipe.scheduler.config)
+    sched.set_timesteps(25)
+    assert check_recorded("scheduler", lambda eps, t, x: sched.step(eps, t, x).prev_sample)
+    assert check_recorded("vae", lambda z, s: (pipe.vae.decode(z / s) / 2 + 0.5).clamp(0, 1))
+    assert not check_recorded("vae", lambda z, s: pipe.vae.decode(z / s).clamp(0, 1))  # forgot the [−1, 1] → [0, 1]
+    assert "✗ vae on minisd-tiny-ddim-pair.safetensors" in capsys.readouterr().out
