@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,22 @@ def read_weights(path: str | Path, prefixes: tuple[str, ...] | None = None) -> S
             f"{path} holds Python objects besides tensors, which minisd will not unpickle (it could run code). "
             "Convert it to .safetensors, or use the .safetensors release of the model."
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e}); re-download it") from e
+    except Exception as e:  # a damaged pickle fails in any of a dozen ways inside torch's unpickler (fuzzed)
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e!r:.200}); re-download it") from e
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):  # Lightning: {"state_dict": ...}
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a dict of tensors; it is not a model checkpoint")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and wanted(k)}
+
+
+def pickle_entry(path: Path, key: str):
+    """A top-level entry of a pickled checkpoint besides its tensors (e.g. ``global_step``), or None."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable here: read_weights names the problem when the weights are loaded
+        return None
+    return data.get(key) if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,6 +171,62 @@ def text_encoder_from_diffusers(state: StateDict) -> StateDict:
 def text_encoder_from_compvis(state: StateDict, config) -> StateDict:
     """CompVis wraps a transformers CLIPTextModel, so past the prefix the names already agree."""
     return text_encoder_from_diffusers(state)
+
+
+# SD 2.x single files hold OpenCLIP's text tower (ViT-H/14) under cond_stage_model.model.*: one fused
+# attention input projection per layer (in_proj_weight: q, k, v stacked on dim 0), other names for the norms
+# and the MLP, and two tensors SD never uses: text_projection and logit_scale (CLIP's image-text head).
+OPENCLIP_PREFIX = "cond_stage_model.model."
+OPENCLIP_RENAMES = [
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+    (".ln_1.", ".layer_norm1."),
+    (".ln_2.", ".layer_norm2."),
+    (".attn.out_proj.", ".self_attn.out_proj."),
+    (".mlp.c_fc.", ".mlp.fc1."),
+    (".mlp.c_proj.", ".mlp.fc2."),
+    ("ln_final.", "text_model.final_layer_norm."),
+    ("token_embedding.", "text_model.embeddings.token_embedding."),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+]
+OPENCLIP_UNUSED = ("text_projection", "logit_scale")
+RESBLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.")
+
+
+def text_encoder_from_openclip(state: StateDict, config) -> StateDict:
+    """OpenCLIP's text tower (past the prefix) to transformers' names.
+
+    SD 2.x conditions on the penultimate layer's output, through the final LayerNorm: a text encoder of
+    ``config.num_hidden_layers`` (23 of OpenCLIP's 24) does exactly that, so the layers past it are dropped.
+    """
+    out = {}
+    for key, value in state.items():
+        layer = RESBLOCK.match(key)
+        if key in OPENCLIP_UNUSED or (layer and int(layer[1]) >= config.num_hidden_layers):
+            continue
+        new = key
+        for old, replacement in OPENCLIP_RENAMES:
+            new = new.replace(old, replacement)
+        if new.endswith((".attn.in_proj_weight", ".attn.in_proj_bias")):
+            base, kind = new.rsplit(".attn.in_proj_", 1)
+            for name, part in zip(("q", "k", "v"), value.chunk(3), strict=True):
+                out[f"{base}.self_attn.{name}_proj.{kind}"] = part
+        else:
+            out[new] = value
+    return out
+
+
+def text_encoder_to_openclip(state: StateDict) -> StateDict:
+    """transformers' names to OpenCLIP's (the inverse of the rules above, for the layers given)."""
+    out = {}
+    for key, value in text_encoder_from_diffusers(state).items():
+        for new, old in reversed(OPENCLIP_RENAMES):
+            key = key.replace(old, new)
+        out[key] = value
+    for key in [k for k in out if ".self_attn.q_proj." in k]:
+        base, kind = key.split(".self_attn.q_proj.")
+        parts = [out.pop(f"{base}.self_attn.{n}_proj.{kind}") for n in ("q", "k", "v")]
+        out[f"{base}.attn.in_proj_{kind}"] = torch.cat(parts)
+    return out
 
 
 # The UNet. CompVis numbers its blocks in one flat list per half (input_blocks.0..11, output_blocks.0..11);
@@ -388,31 +454,33 @@ def load_component(
         source = str(file)
     else:
         config = config_cls() if config is None else config
-        # The UNet's filter may swap in the EMA copy, stored under model_ema.*: read that too.
+        # The UNet's filter may swap in the EMA copy, stored under model_ema.*: read that too; an SD 2.x file
+        # holds its text encoder in OpenCLIP's layout instead.
         prefixes = (layout.compvis_prefix,) + (("model_ema.",) if state_filter is not None else ())
+        prefixes += (OPENCLIP_PREFIX,) if name == "text_encoder" else ()
         state = read_weights(path, prefixes)
         if state_filter is not None:
             state = state_filter(state)
+        openclip = strip_prefix(state, OPENCLIP_PREFIX)
         state = strip_prefix(state, layout.compvis_prefix)
-        if not state:
-            raise CheckpointError(f"{name}: {path} has no {layout.compvis_prefix}* tensors; " + _what_else(path))
-        state = FROM_COMPVIS[name](state, config)
+        if state:
+            state = FROM_COMPVIS[name](state, config)
+        elif openclip:
+            state = text_encoder_from_openclip(openclip, config)
+        else:
+            raise CheckpointError(
+                f"{name}: {path} has no {layout.compvis_prefix}* tensors; it is not a CompVis Stable Diffusion "
+                "checkpoint (or holds other components only)"
+            )
         source = str(path)
-    with torch.device("meta"):
-        model = model_cls(config)
+    try:
+        with torch.device("meta"):
+            model = model_cls(config)
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError, AssertionError, IndexError) as e:
+        raise CheckpointError(f"{name}: its config describes a network that cannot be built ({e}); check it") from e
     check_keys(name, source, model, state)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
-
-
-def _what_else(path: Path) -> str:
-    """Why a single file lacks a component's keys, for the error message."""
-    if any(k.startswith("cond_stage_model.model.") for k in tensor_specs(path)):
-        return (
-            "it is an SD2.x single file (OpenCLIP text encoder under cond_stage_model.model.*), which minisd "
-            "does not load: use the model's diffusers folder (see weights/README.md)"
-        )
-    return "it is not a CompVis Stable Diffusion checkpoint (or holds other components only)"
 
 
 def check_keys(name: str, source: str, model: nn.Module, state: StateDict, show: int = 5) -> None:

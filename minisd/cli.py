@@ -1,7 +1,8 @@
 """The ``minisd`` command line: generate, img2img, inspect, record, compare, demo, train.
 
 A user mistake (a bad flag, a missing file, a size not divisible by 8, an unknown scheduler, a checkpoint
-that does not fit) ends in one line on stderr and exit code 2, with no traceback and no output file.
+that does not fit) ends in one line on stderr and exit code 2, with no traceback and no output file; NaN or
+Inf in the latents or picture in exit code 1; Ctrl-C in exit code 130. SECURITY.md lists the whole catalogue.
 Pictures are written atomically: to a temporary file beside the target, renamed when complete.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,6 +39,8 @@ class Parser(argparse.ArgumentParser):
 def output_paths(args: argparse.Namespace) -> list[Path]:
     """The pictures' paths, checked before any work is done."""
     path = Path(args.out)
+    if path.is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name such as {path / 'minisd.png'}")
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UserError(f"--out {args.out}: give a .png (or .jpg/.webp) file name")
     if not path.parent.is_dir():
@@ -292,11 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"minisd: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = one_line_warning  # a user reads "minisd: warning: …", not a source line
     try:
         args = build_parser().parse_args(argv)
         status = args.run(args)
-    except (UserError, CheckpointError, OSError, ValueError) as e:
+    except (UserError, CheckpointError, OSError, ValueError, TypeError) as e:
         print(f"minisd: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # NaN or Inf in the latents or the picture: nothing is written
+        print(f"minisd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("minisd: interrupted; no picture was written", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     return status or 0

@@ -57,7 +57,10 @@ class JsonConfig:
         ]
         if problems:
             raise cls.ERROR(f"{cls.__name__}: {'; '.join(problems)}")
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in fields})
+        except ValueError as e:  # a check across entries in the class's __post_init__
+            raise cls.ERROR(f"{cls.__name__}: {e}") from e
 
     @classmethod
     def from_json(cls, path: str | Path):

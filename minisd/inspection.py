@@ -17,15 +17,18 @@ from .checkpoints import (
     FROM_COMPVIS,
     FROM_DIFFUSERS,
     LAYOUTS,
+    OPENCLIP_PREFIX,
     CheckpointError,
     StateDict,
     has_ema_weights,
     strip_prefix,
     tensor_specs,
+    text_encoder_from_openclip,
 )
 from .clip import CLIPTextConfig, CLIPTextModel
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
+from .variants import SD2_TEXT, SD2_UNET, detect
 
 
 def _expected(name: str, config=None) -> StateDict:
@@ -60,28 +63,29 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 def _describe_single_file(path: Path) -> dict[str, Any]:
     specs = tensor_specs(path)
+    variant = detect(specs)
     report: dict[str, Any] = {"layout": f"CompVis single file ({path.suffix})", "components": {}}
-    configs = {"text_encoder": None, "unet": UNetConfig(), "vae": VAEConfig()}  # SD1.x
+    sd2 = variant.family == "SD 2.x"
+    unet = UNetConfig(in_channels=9 if variant.inpainting else 4, **(SD2_UNET if sd2 else {}))
+    configs = {"text_encoder": SD2_TEXT if sd2 else CLIPTextConfig(), "unet": unet, "vae": VAEConfig()}
     claimed: set[str] = set()
     for name, layout in LAYOUTS.items():
-        mine = strip_prefix(specs, layout.compvis_prefix)
-        claimed |= {layout.compvis_prefix + k for k in mine}
+        prefix = OPENCLIP_PREFIX if name == "text_encoder" and sd2 else layout.compvis_prefix
+        mine = strip_prefix(specs, prefix)
+        claimed |= {prefix + k for k in mine}
+        convert = text_encoder_from_openclip if prefix == OPENCLIP_PREFIX else FROM_COMPVIS[name]
         if mine:
-            report["components"][name] = _compare(FROM_COMPVIS[name](mine, configs[name]), _expected(name))
-    openclip = strip_prefix(specs, "cond_stage_model.model.")
-    if openclip:
-        report["components"]["text_encoder (OpenCLIP, SD2.x)"] = _compare(openclip, {})
-    claimed |= {k for k in specs if k.startswith(("cond_stage_model.model.", "model_ema."))}
+            report["components"][name] = _compare(convert(mine, configs[name]), _expected(name, configs[name]))
+    claimed |= {k for k in specs if k.startswith("model_ema.")}
+    if sd2:  # the tower's last layer and its image-text head, which SD 2.x does not use
+        claimed |= {k for k in specs if k.startswith(OPENCLIP_PREFIX)}
     report["ema"] = has_ema_weights(specs)
     report["other"] = sorted(k for k in specs if k not in claimed)
-    cross = specs.get("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
     fits = all(not (c["missing"] or c["unexpected"] or c["wrong_shape"]) for c in report["components"].values())
     if fits and set(report["components"]) == set(LAYOUTS):
-        report["family"] = "SD1.x (every key and shape as minisd's SD1.x networks)"
-    elif openclip or (cross is not None and cross.shape[-1] == 1024):
-        report["family"] = "SD2.x (load its diffusers folder: single-file SD2.x is not supported)"
+        report["family"] = f"{variant} (every key and shape as minisd's {variant} networks)"
     else:
-        report["family"] = "custom (pass the matching diffusers folder as config)"
+        report["family"] = f"{variant} by its text encoder; other shapes: pass the matching diffusers folder as config"
     return report
 
 

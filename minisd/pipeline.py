@@ -22,6 +22,8 @@ same picture as diffusers' StableDiffusionPipeline with the same weights.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,11 +35,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .checkpoints import tensor_specs
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
+from .config import CheckpointError
 from .schedulers import DDIM, Scheduler, load_scheduler, make_scheduler
 from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
 from .vae import AutoencoderKL, VAEConfig, load_vae
+from .variants import configs_for, detect
 
 # minisd's own small model: weights/minisd-tiny in the repository, linked as minisd/data/minisd-tiny, which an
 # installed package carries as a copy (where links are not checked out, the repository's folder is used).
@@ -100,6 +105,10 @@ class StableDiffusion:
         self, prompts: list[str], negatives: list[str], guidance_scale: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(c, c_neg): the prompts' and the negative prompts' text vectors; c_neg is None when guidance is off."""
+        if not isinstance(guidance_scale, int | float) or not 0 <= guidance_scale < math.inf:
+            raise ValueError(
+                f"guidance_scale must be a finite number ≥ 0 (≤ 1 turns guidance off), got {guidance_scale}"
+            )
         return self.encode_prompt(prompts), self.encode_prompt(negatives) if guidance_scale > 1 else None
 
     # 2. The image information creator: the denoising loop ---------------------------------------------
@@ -136,6 +145,10 @@ class StableDiffusion:
         """Run the loop (n steps from x) to its end, keep what was asked for, and decode the last sample."""
         trace, timesteps = [], []
         for i, step in enumerate(tqdm(loop, total=n, disable=not progress, desc="denoising")):
+            if not torch.isfinite(step.x_prev).all():
+                raise FloatingPointError(
+                    f"the latents hold NaN or Inf after step {i} (t = {step.t}); {self.overflow_hint()}"
+                )
             if keep_trace:
                 trace.append(step.cpu())
             if on_step is not None:
@@ -144,6 +157,11 @@ class StableDiffusion:
             timesteps.append(step.t)
         images = self.to_pil(self.unet_latents_to_images(x))
         return Result(images, x, trace if keep_trace else None, timesteps)
+
+    def overflow_hint(self) -> str:
+        if self.dtype == torch.float16:
+            return "float16 overflows in some models: load the pipeline with dtype=torch.bfloat16 or float32"
+        return "the weights may be damaged (check them with `minisd inspect`), or the settings extreme"
 
     # 3. The image decoder -----------------------------------------------------------------------------
 
@@ -154,6 +172,8 @@ class StableDiffusion:
         (``vae.decode`` takes the VAE's own, unscaled latents and returns [−1, 1].)
         """
         images = self.vae.decode(self.vae.unscale_latents(latents))
+        if not torch.isfinite(images).all():  # never saved as a black or white picture
+            raise FloatingPointError(f"the VAE decoder gave NaN or Inf; {self.overflow_hint()}")
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     decode = unet_latents_to_images  # its name before 0.2, kept working
@@ -186,6 +206,7 @@ class StableDiffusion:
         """Generate ``num_images`` pictures per prompt. See the module docstring for the steps."""
         prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         h, w = self.latent_size(height, width)
+        self.check_memory(len(prompts), h, w)
         sched = self.make_scheduler(scheduler, eta)
         sched.set_timesteps(steps)
         generator = make_generator(seed)
@@ -218,6 +239,7 @@ class StableDiffusion:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
         prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         pixels = self.preprocess(image).to(self.device, self.dtype)  # (1, 3, H, W) in [−1, 1]
+        self.check_memory(len(prompts), pixels.shape[-2] // self.vae_scale, pixels.shape[-1] // self.vae_scale)
         sched = self.make_scheduler(scheduler, eta)
         sched.set_timesteps(steps)
         # Run the last int(steps·strength) timesteps only: the picture stands in for the earlier ones.
@@ -247,6 +269,24 @@ class StableDiffusion:
             sched.eta = eta
         return sched
 
+    def check_memory(self, batch: int, h: int, w: int) -> None:
+        """Refuse a size whose activations cannot fit: a lower bound from the VAE decoder's largest
+        activations (three live tensors of its widest full-size layer, fp32), against the device's memory."""
+        channels, n = self.vae.config.block_out_channels, len(self.vae.config.block_out_channels)
+        # Level i runs at 2^(n−1−i) times the latent's side; what is upsampled into it has level i+1's channels.
+        largest = max(channels[min(i + 1, n - 1)] * 4 ** (n - 1 - i) for i in range(n))  # per latent pixel
+        needed = 3 * 4 * batch * largest * h * w  # three live fp32 tensors
+        available = device_memory(self.device)
+        if available and needed > available:
+            size, where = (
+                f"{w * self.vae_scale}×{h * self.vae_scale}",
+                "GPU" if self.device.type != "cpu" else "machine",
+            )
+            raise ValueError(
+                f"{batch} picture(s) of {size} pixels need at least {needed / 2**30:,.1f} GiB of memory (the VAE "
+                f"decoder alone); this {where} has {available / 2**30:,.1f} GiB: choose a smaller size or fewer images"
+            )
+
     def latent_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         """The latent's (h, w) for a picture of height × width pixels (default: the model's native size)."""
         native = self.unet.config.sample_size * self.vae_scale
@@ -268,7 +308,9 @@ class StableDiffusion:
             ):
                 raise ValueError("an image tensor must be (B, 3, H, W) in [−1, 1] with H, W multiples of 8")
             return image
-        image = image.convert("RGB")
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: PIL's convert("RGB") would clip at 255
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+        image = image.convert("RGB")  # grey, palette and alpha pictures too: alpha is dropped, as diffusers does
         w, h = (s - s % self.vae_scale for s in image.size)
         if (w, h) != image.size:
             warnings.warn(
@@ -285,7 +327,9 @@ def repeat_prompts(
     prompt: str | list[str], negative_prompt: str | list[str], num_images: int
 ) -> tuple[list[str], list[str]]:
     """Each prompt and its negative ``num_images`` times in a row, as diffusers orders the batch."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, list | tuple) else [None]
+    if not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r:.80}")
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != len(prompts):
         raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
@@ -296,6 +340,8 @@ def repeat_prompts(
 
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator: the same seed gives the same numbers on every device, as diffusers recommends."""
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**64):
+        raise ValueError(f"seed must be a whole number from 0 to 2**64 − 1 (or None for a random one), got {seed!r}")
     generator = torch.Generator("cpu")
     if seed is None:
         generator.seed()
@@ -309,11 +355,22 @@ def randn(shape, generator: torch.Generator, device: torch.device, dtype: torch.
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on the device (the machine's RAM for the CPU); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+
+
 def load_pipeline(
     path: str | Path | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     config: str | Path | None = None,
+    prediction_type: str | None = None,
 ) -> StableDiffusion:
     """Stable Diffusion from a diffusers model folder or a CompVis single file.
 
@@ -321,9 +378,11 @@ def load_pipeline(
     (weights/minisd-tiny, trained on the shapes world; see minisd/train.py).
 
     ``device`` defaults to CPU (pass "cuda" or "mps" to use a GPU); ``dtype`` to float32 (float16/bfloat16
-    are for GPUs; the VAE decodes fp16 in fp32). A single file holds no configs: SD1.x's are assumed, or
-    those of the diffusers model folder ``config`` (its tokenizer and scheduler too), as for a fine-tune of
-    another shape.
+    are for GPUs; the VAE decodes fp16 in fp32). A single file holds no configs: those of its variant are
+    used (SD 1.x, SD 2.x, inpainting: told from its shapes, see variants.py), or those of the diffusers model
+    folder ``config`` (its tokenizer and scheduler too), as for a fine-tune of another shape.
+    ``prediction_type`` ("epsilon" or "v_prediction") overrides what the model's scheduler config says
+    (for an SD 2.x single file: what its hints say).
     """
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
@@ -339,19 +398,39 @@ def load_pipeline(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give a diffusers model folder or a single checkpoint file")
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise CheckpointError(
+            f"{path} is a folder without model_index.json, so not a diffusers model folder; give the folder that "
+            "holds model_index.json, or a single .safetensors/.ckpt file"
+        )
     configs = Path(config) if config is not None else path if path.is_dir() else None
     if configs is not None and not configs.is_dir():
         raise FileNotFoundError(f"config folder {configs} does not exist; give a diffusers model folder")
 
-    def config_of(cls, name):  # a single file's networks take their shapes from the config folder, if any
-        return cls.from_json(configs / name / "config.json") if path.is_file() and configs is not None else None
+    implied = configs_for(path, prediction_type)[1] if configs is None else None  # a single file alone
 
-    return StableDiffusion(
-        load_tokenizer(configs or path),
-        load_text_encoder(path, config_of(CLIPTextConfig, "text_encoder"), dtype, device),
-        load_unet(path, config_of(UNetConfig, "unet"), dtype, device),
-        load_vae(path, config_of(VAEConfig, "vae"), dtype, device),
-        load_scheduler(configs or path),
-        device,
-        dtype,
-    )
+    def config_of(cls, name):  # a single file's networks take their shapes from the config folder, or its variant
+        if path.is_file() and configs is not None:
+            return cls.from_json(configs / name / "config.json")
+        return getattr(implied, name, None)
+
+    tokenizer = load_tokenizer(configs or path)
+    if implied is not None and implied.pad_id is not None:
+        tokenizer.pad_id = implied.pad_id
+    scheduler = make_scheduler(*implied.scheduler) if implied is not None else load_scheduler(configs or path)
+    if prediction_type is not None and implied is None:
+        # The folder's entries with the new one (not the filled-in config: another sampler swapped in later
+        # must still take its own defaults for what the file left out, as diffusers' from_config does).
+        scheduler = make_scheduler(scheduler.name, scheduler.config.given | {"prediction_type": prediction_type})
+    try:
+        networks = (
+            load_text_encoder(path, config_of(CLIPTextConfig, "text_encoder"), dtype, device),
+            load_unet(path, config_of(UNetConfig, "unet"), dtype, device),
+            load_vae(path, config_of(VAEConfig, "vae"), dtype, device),
+        )
+    except CheckpointError as e:
+        if not (path.is_file() and configs is not None):
+            raise
+        variant = detect(tensor_specs(path))
+        raise CheckpointError(f"{e} (The file is {variant}: give a config folder of that family, or none.)") from e
+    return StableDiffusion(tokenizer, *networks, scheduler, device, dtype)

@@ -44,6 +44,8 @@ WORD_PATTERN = regex.compile(
 )
 WHITESPACE = regex.compile(r"\s+")
 SPECIAL_SPLIT = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
+# Python keeps bytes that are not UTF-8 (in sys.argv, say) as lone surrogates, U+DC80…U+DCFF: not encodable.
+LONE_SURROGATE = regex.compile("[\ud800-\udfff]")
 
 
 @lru_cache
@@ -185,6 +187,15 @@ class CLIPTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Text to BPE symbols (no BOS/EOS): steps 1-5."""
+        if not isinstance(text, str):
+            raise TypeError(f"a prompt must be a string, got {type(text).__name__}")
+        if LONE_SURROGATE.search(text):
+            warnings.warn(
+                "the prompt holds characters that are not valid Unicode (bytes that were not UTF-8, as a command "
+                "line can pass them); each was read as U+FFFD, the replacement character",
+                stacklevel=3,
+            )
+            text = LONE_SURROGATE.sub("\ufffd", text)
         symbols = []
         for piece in SPECIAL_SPLIT.split(text):
             if piece in (BOS, EOS):

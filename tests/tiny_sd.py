@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from minisd.checkpoints import unet_to_compvis, vae_to_compvis
+from minisd.checkpoints import OPENCLIP_PREFIX, text_encoder_to_openclip, unet_to_compvis, vae_to_compvis
 from minisd.tokenizer import CLIPTokenizer
 from minisd.unet import UNetConfig
 from minisd.vae import VAEConfig
@@ -133,6 +133,30 @@ def reference_scheduler(folder: Path, name: str):
     loaded = getattr(diffusers, class_name).from_pretrained(folder, subfolder="scheduler")
     swapped = {v: k for k, v in SCHEDULER_CLASSES.items()}[name]
     return getattr(diffusers, swapped).from_config(loaded.config)
+
+
+def save_compvis_sd2(pipe, file: Path, suffix: str = ".safetensors") -> Path:
+    """An SD 2.x-shaped ``pipe`` as an SD 2.x single file: the text encoder in OpenCLIP's layout, with what
+    real SD 2.x files carry besides: one more (last) layer that SD 2.x never runs, text_projection and
+    logit_scale."""
+    text = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
+    n = pipe.text_encoder.config.num_hidden_layers
+    g = torch.Generator().manual_seed(9)
+    unused = {k.replace(f"layers.{n - 1}.", f"layers.{n}."): torch.randn(v.shape, generator=g)
+              for k, v in text.items() if f"layers.{n - 1}." in k}  # fmt: skip
+    openclip = text_encoder_to_openclip(text | unused)
+    width = pipe.text_encoder.config.hidden_size
+    openclip |= {"text_projection": torch.randn(width, width, generator=g), "logit_scale": torch.tensor(4.6)}
+    state = {OPENCLIP_PREFIX + k: v for k, v in openclip.items()}
+    state |= unet_to_compvis(pipe.unet.state_dict(), UNetConfig.from_dict(dict(pipe.unet.config)))
+    state |= vae_to_compvis(pipe.vae.state_dict(), VAEConfig.from_dict(dict(pipe.vae.config)))
+    state = {k: v.contiguous() for k, v in state.items()}
+    file = file.with_suffix(suffix)
+    if suffix == ".safetensors":
+        save_file(state, file)
+    else:
+        torch.save({"state_dict": state, "global_step": 875_000}, file)
+    return file
 
 
 def save_compvis(pipe, file: Path) -> Path:
