@@ -1,4 +1,4 @@
-"""The ``minisd`` command line: generate, img2img, inspect, record, compare, demo, train.
+"""The ``minisd`` command line: generate, img2img, inpaint, inspect, record, compare, demo, train.
 
 A user mistake (a bad flag, a missing file, a size not divisible by 8, an unknown scheduler, a checkpoint
 that does not fit) ends in one line on stderr and exit code 2, with no traceback and no output file; NaN or
@@ -65,7 +65,8 @@ def open_pipeline(args: argparse.Namespace):
     if args.device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: Apple's Metal backend is not available here")
 
-    return load_pipeline(args.weights, device=args.device, dtype=DTYPES[args.dtype], config=args.config)
+    options = dict(device=args.device, dtype=DTYPES[args.dtype], config=args.config)
+    return load_pipeline(args.weights, prediction_type=getattr(args, "prediction_type", None), **options)
 
 
 def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> None:
@@ -102,15 +103,33 @@ def img2img(args: argparse.Namespace) -> None:
     paths = output_paths(args)
     if not 0 <= args.strength <= 1:
         raise UserError(f"--strength {args.strength}: give a number from 0 to 1")
-    try:
-        image = Image.open(args.image)
-        image.load()
-    except FileNotFoundError as e:
-        raise UserError(f"--image {args.image} does not exist") from e
-    except OSError as e:
-        raise UserError(f"--image {args.image} is not a picture PIL can read ({e})") from e
+    image = open_picture(args.image, "--image")
     pipe = open_pipeline(args)
     result = pipe.image_to_image(args.prompt, image, strength=args.strength, **generation_options(args))
+    write_results(result, paths, args.trace, pipe)
+
+
+def open_picture(path: str, flag: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError as e:
+        raise UserError(f"{flag} {path} does not exist") from e
+    except OSError as e:
+        raise UserError(f"{flag} {path} is not a picture PIL can read ({e})") from e
+    return image
+
+
+def inpaint(args: argparse.Namespace) -> None:
+    paths = output_paths(args)
+    if not 0 < args.strength <= 1:
+        raise UserError(f"--strength {args.strength}: give a number in (0, 1]")
+    image, mask = open_picture(args.image, "--image"), open_picture(args.mask, "--mask")
+    pipe = open_pipeline(args)
+    result = pipe.inpaint(
+        args.prompt, image, mask, strength=args.strength, height=args.height, width=args.width,
+        **generation_options(args),
+    )  # fmt: skip
     write_results(result, paths, args.trace, pipe)
 
 
@@ -241,6 +260,7 @@ def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None
     p.add_argument("--trace", metavar="DIR", help="also write DIR/trace.png: x_t and predicted x0 per step")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="override the model's (SD 2.x)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the starting picture")
     p.add_argument("--strength", type=float, default=0.8, help="0 keeps the picture, 1 replaces it")
     p.set_defaults(run=img2img)
+
+    p = sub.add_parser("inpaint", help="redraw the part of a picture under a mask (white = redraw)")
+    add_generation_flags(p, default_steps=50)
+    p.add_argument("--image", required=True, help="the picture")
+    p.add_argument("--mask", required=True, help="white where the picture is redrawn, black where it is kept")
+    p.add_argument("--strength", type=float, default=1.0, help="how much of the masked part to redraw, (0, 1]")
+    p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    p.set_defaults(run=inpaint)
 
     p = sub.add_parser("inspect", help="what a checkpoint holds")
     p.add_argument("path")

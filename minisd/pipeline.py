@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .checkpoints import tensor_specs
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
 from .config import CheckpointError
+from .inpainting import blend_known_region, mask_latent, mask_tensor, picture_tensor
 from .schedulers import DDIM, Scheduler, load_scheduler, make_scheduler
 from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
@@ -123,23 +124,28 @@ class StableDiffusion:
         uncond: torch.Tensor | None,
         guidance_scale: float,
         generator: torch.Generator | None = None,
+        extra_channels: torch.Tensor | None = None,
     ) -> Iterator[TraceStep]:
         """Run the scheduler's ``timesteps`` from x, yielding each step; the last step's ``x_prev`` is x_0.
 
         x: (B, 4, h, w) on the scheduler's scale; cond and uncond: (B, 77, width), uncond None for no guidance.
+        ``extra_channels``: what an inpainting UNet sees besides x_t (mask, masked-image latent), (B, 5, h, w).
+        The loop goes on from each yielded ``step.x_prev``: a consumer may replace it (inpainting does).
         """
         for t in timesteps:
             x_in = scheduler.scale_model_input(x, t)
+            unet_in = x_in if extra_channels is None else torch.cat([x_in, extra_channels], dim=1)  # (B, 9, h, w)
             if uncond is None:
-                eps_uncond, eps_cond = None, self.unet(x_in, t, cond)
+                eps_uncond, eps_cond = None, self.unet(unet_in, t, cond)
                 eps = eps_cond
             else:  # both predictions from one UNet call on a doubled batch
-                eps_uncond, eps_cond = self.unet(torch.cat([x_in, x_in]), t, torch.cat([uncond, cond])).chunk(2)
+                eps_uncond, eps_cond = self.unet(torch.cat([unet_in] * 2), t, torch.cat([uncond, cond])).chunk(2)
                 # Classifier-free guidance (Ho & Salimans 2022, eq. 6): ε = ε_u + s·(ε_c − ε_u)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             out = scheduler.step(eps, t, x, generator=generator)
-            yield TraceStep(int(t), x, out.pred_original_sample, eps_uncond, eps_cond, eps, out.prev_sample, x_in)
-            x = out.prev_sample
+            step = TraceStep(int(t), x, out.pred_original_sample, eps_uncond, eps_cond, eps, out.prev_sample, x_in)
+            yield step
+            x = step.x_prev
 
     def run(self, loop: Iterator[TraceStep], x: torch.Tensor, n: int, keep_trace: bool, on_step, progress) -> Result:
         """Run the loop (n steps from x) to its end, keep what was asked for, and decode the last sample."""
@@ -249,15 +255,79 @@ class StableDiffusion:
         timesteps = sched.timesteps[(steps - keep) * sched.order :]
         generator = make_generator(seed)
 
-        x0 = self.vae.scale_latents(self.vae.encode(pixels).sample(generator))  # (1, 4, h, w)
-        x0 = x0.expand(len(prompts), -1, -1, -1)
+        x0 = self.encode_image(pixels, generator).expand(len(prompts), -1, -1, -1)  # (B, 4, h, w)
         noise = randn(x0.shape, generator, self.device, self.dtype)
         x = sched.add_noise(x0, noise, timesteps[:1].repeat(len(prompts)))  # q(x_t | x_0) at the first t kept
         cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
         loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator)
         return self.run(loop, x, len(timesteps), trace, on_step, progress)
 
+    @torch.no_grad()
+    def inpaint(
+        self,
+        prompt: str | list[str],
+        image: Image.Image,
+        mask: Image.Image,
+        strength: float = 1.0,
+        negative_prompt: str | list[str] = "",
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        scheduler: str | None = None,
+        seed: int | None = 0,
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        num_images: int = 1,
+        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        trace: bool = False,
+        progress: bool = True,
+    ) -> Result:
+        """Redraw ``image`` where ``mask`` is white after the prompt, keep it where black (see inpainting.py).
+
+        A 9-channel inpainting UNet sees the mask; any other model falls back to latent blending (a warning).
+        Random numbers are drawn in diffusers' order: the picture's latent (when needed), the noise, the
+        masked picture's latent."""
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
+        h, w = self.latent_size(height, width)
+        B, H, W = len(prompts), h * self.vae_scale, w * self.vae_scale
+        self.check_memory(B, h, w)
+        sched = self.make_scheduler(scheduler, eta)
+        sched.set_timesteps(steps)
+        keep = min(int(steps * strength), steps)
+        if keep == 0:
+            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise either")
+        timesteps = sched.timesteps[(steps - keep) * sched.order :]
+        nine = self.unet.config.in_channels == 9
+        if not nine:
+            warnings.warn(
+                "this model's UNet has 4 input channels, not an inpainting model's 9: inpainting by latent "
+                "blending (the known part put back after each step); an inpainting checkpoint fills in better",
+                stacklevel=3,
+            )
+        generator = make_generator(seed)
+
+        pixels = picture_tensor(image, W, H).to(self.device, self.dtype)  # (1, 3, H, W) in [−1, 1]
+        m = mask_tensor(mask, W, H).to(self.device, self.dtype)  # (1, 1, H, W), 1 = redraw
+        x0 = self.encode_image(pixels, generator).expand(B, -1, -1, -1) if not nine or strength < 1 else None
+        noise = randn((B, self.vae.config.latent_channels, h, w), generator, self.device, self.dtype)
+        # x_T ~ N(0, σ_max²) at full strength, else q(x_t | x_0) at the first t kept
+        x = noise * sched.init_noise_sigma if strength == 1 else sched.add_noise(x0, noise, timesteps[:1].repeat(B))
+        masked = self.encode_image(pixels * (m < 0.5), generator).expand(B, -1, -1, -1)  # (B, 4, h, w)
+        m = mask_latent(m, h, w).expand(B, -1, -1, -1)  # (B, 1, h, w)
+        cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
+        extra = torch.cat([m, masked], dim=1) if nine else None  # (B, 5, h, w)
+        loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator, extra)
+        if not nine:
+            loop = blend_known_region(loop, sched, timesteps, x0, noise, m)
+        return self.run(loop, x, len(timesteps), trace, on_step, progress)
+
     # What the jobs share ------------------------------------------------------------------------------
+
+    def encode_image(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, 3, H, W) in [−1, 1] -> a sample of its latent, on the UNet's scale: (B, 4, H/8, W/8)."""
+        return self.vae.scale_latents(self.vae.encode(pixels).sample(generator))
 
     def make_scheduler(self, name: str | None = None, eta: float = 0.0) -> Scheduler:
         """A fresh sampler for one generation: the model's own, or ``name`` built from the model's scheduler

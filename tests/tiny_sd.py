@@ -71,11 +71,12 @@ SD2_SCHEDULER_FILE = {
 SCHEDULER_FILES = {f["_class_name"]: f for f in (SD15_SCHEDULER_FILE, SD2_SCHEDULER_FILE)}
 
 
-def build_reference(seed: int = 0, sd2: bool = False):
+def build_reference(seed: int = 0, sd2: bool = False, inpainting: bool = False):
     """A diffusers StableDiffusionPipeline with small, perturbed random networks and the real CLIP vocabulary.
 
     ``sd2``: shaped as SD 2.x instead: a gelu text encoder, padding with "!", linear projections and a head
     count per level in the UNet with upcast attention, and a v-prediction DDIM scheduler, as SD 2.1 ships.
+    ``inpainting``: a 9-channel UNet (latent, mask, masked-image latent), as SD's inpainting checkpoints.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -84,7 +85,7 @@ def build_reference(seed: int = 0, sd2: bool = False):
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT, hidden_act="gelu" if sd2 else "quick_gelu"))
     text_encoder = perturb_(text_encoder, seed).eval()
-    unet_config = UNET | (SD2_UNET if sd2 else {})
+    unet_config = UNET | (SD2_UNET if sd2 else {}) | ({"in_channels": 9} if inpainting else {})
     unet = perturb_(UNet2DConditionModel(**unet_config), seed + 1, 0.05).eval()
     vae = perturb_(AutoencoderKL(**VAE), seed + 2, 0.05).eval()
     # As from_pretrained reads the published file (it calls from_config on it).
