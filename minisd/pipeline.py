@@ -246,13 +246,7 @@ class StableDiffusion:
         prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         pixels = self.preprocess(image).to(self.device, self.dtype)  # (1, 3, H, W) in [−1, 1]
         self.check_memory(len(prompts), pixels.shape[-2] // self.vae_scale, pixels.shape[-1] // self.vae_scale)
-        sched = self.make_scheduler(scheduler, eta)
-        sched.set_timesteps(steps)
-        # Run the last int(steps·strength) timesteps only: the picture stands in for the earlier ones.
-        keep = min(int(steps * strength), steps)
-        if keep == 0:
-            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise either")
-        timesteps = sched.timesteps[(steps - keep) * sched.order :]
+        sched, timesteps = self.sampler(scheduler, eta, steps, strength)
         generator = make_generator(seed)
 
         x0 = self.encode_image(pixels, generator).expand(len(prompts), -1, -1, -1)  # (B, 4, h, w)
@@ -293,12 +287,7 @@ class StableDiffusion:
         h, w = self.latent_size(height, width)
         B, H, W = len(prompts), h * self.vae_scale, w * self.vae_scale
         self.check_memory(B, h, w)
-        sched = self.make_scheduler(scheduler, eta)
-        sched.set_timesteps(steps)
-        keep = min(int(steps * strength), steps)
-        if keep == 0:
-            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise either")
-        timesteps = sched.timesteps[(steps - keep) * sched.order :]
+        sched, timesteps = self.sampler(scheduler, eta, steps, strength)
         nine = self.unet.config.in_channels == 9
         if not nine:
             warnings.warn(
@@ -328,6 +317,16 @@ class StableDiffusion:
     def encode_image(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B, 3, H, W) in [−1, 1] -> a sample of its latent, on the UNet's scale: (B, 4, H/8, W/8)."""
         return self.vae.scale_latents(self.vae.encode(pixels).sample(generator))
+
+    def sampler(self, name: str | None, eta: float, steps: int, strength: float) -> tuple[Scheduler, torch.Tensor]:
+        """A fresh sampler set to ``steps``, and the timesteps a job runs: the last int(steps·strength) of them
+        (a picture given to start from stands in for the earlier ones)."""
+        sched = self.make_scheduler(name, eta)
+        sched.set_timesteps(steps)
+        keep = min(int(steps * strength), steps)
+        if keep == 0:
+            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise either")
+        return sched, sched.timesteps[(steps - keep) * sched.order :]
 
     def make_scheduler(self, name: str | None = None, eta: float = 0.0) -> Scheduler:
         """A fresh sampler for one generation: the model's own, or ``name`` built from the model's scheduler

@@ -144,3 +144,19 @@ def error_along_the_flow(report, first: int = 40, size: tuple[float, float] = (1
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def curves(x, series: dict, xlabel: str, ylabel: str, logy: bool = False, size: tuple[float, float] = (7, 3)):
+    """Several curves over the same x, labelled; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    for label, y in series.items():
+        ax.plot(x, y, label=label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig
