@@ -52,12 +52,13 @@ def record_diffusers(settings: Settings, weights: str | Path) -> Recording:
         cls = {name: cls for cls, name in SCHEDULER_CLASSES.items()}[s.scheduler]
         pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config)
 
-    ids, texts, unet_io, steps_seen, noise = [], [], [], [], []
+    ids, texts, unet_io, steps_seen, noise, parts, vae_parts = [], [], [], [], [], {}, {}
     hooks = [
         pipe.text_encoder.register_forward_pre_hook(lambda m, args: ids.append(args[0])),
         pipe.text_encoder.register_forward_hook(lambda m, args, out: texts.append(out[0])),
         pipe.unet.register_forward_pre_hook(lambda m, args: unet_io.append([args[0]])),
         pipe.unet.register_forward_hook(lambda m, args, out: unet_io[-1].append(out[0])),
+        pipe.vae.post_quant_conv.register_forward_pre_hook(lambda m, args: vae_parts.update(input=args[0])),
     ]
 
     step = pipe.scheduler.step
@@ -85,7 +86,6 @@ def record_diffusers(settings: Settings, weights: str | Path) -> Recording:
         return prepare(batch, channels, h, w, dtype, device, generator, latents)
 
     pipe.scheduler.step, pipe.prepare_latents = recorded_step, recorded_prepare
-    parts, vae_parts = {}, {}
     try:
         with (
             part_outputs(pipe.unet, UNET_PARTS, "unet", parts, lambda: len(unet_io) == s.block_step + 1),
@@ -127,6 +127,7 @@ def record_diffusers(settings: Settings, weights: str | Path) -> Recording:
             rec.add(step_name(i, "pred_x0"), x0)
         rec.add(step_name(i, "x_prev"), x_prev)
     rec.add("latents/final", steps_seen[-1][-1])
+    rec.add("vae/input", vae_parts.pop("input"))
     for name, value in vae_parts.items():
         rec.add(name, value)
     rec.add("image/decoded", out.images)
@@ -135,7 +136,6 @@ def record_diffusers(settings: Settings, weights: str | Path) -> Recording:
         "settings": asdict(s),
         "scheduler": SCHEDULER_CLASSES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__),
         "timesteps": [seen[0] for seen in steps_seen],
-        "scaling_factor": pipe.vae.config.scaling_factor,
         "model": {"weights": str(weights), "hash": weights_hash(pipe.text_encoder, pipe.unet, pipe.vae)},
         "environment": environment(pipe.device, pipe.unet.dtype),
     }

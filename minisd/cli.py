@@ -137,6 +137,8 @@ def inspect(args: argparse.Namespace) -> None:
     report = describe(args.path)
     print(f"{args.path}: {report['layout']}")
     print(f"  family: {report['family']}")
+    if "variant" in report:
+        print(f"  variant (from its shapes): {report['variant']}")
     for name, c in report["components"].items():
         if "error" in c:
             print(f"  {name}: cannot build ({c['error']})")

@@ -83,7 +83,7 @@ def check_recorded(stage: str, your_fn: Callable, recording: str | None = None) 
 
     text_encoder: your_fn(input_ids) -> (2B, 77, width)    unet: your_fn(sample, timestep, context) -> ε
     guidance: your_fn(eps_uncond, eps_cond, scale) -> ε    scheduler: your_fn(eps, timestep, x_t) -> x_{t−1}
-    vae: your_fn(latents, scaling_factor) -> image in [0, 1]
+    vae: your_fn(latents) -> image in [0, 1], from the latents the VAE decoder gets (already unscaled)
     """
     path = recording or RECORDINGS / "minisd-tiny-ddim-pair.safetensors"
     rec = Recording.load(path)

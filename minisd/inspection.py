@@ -65,7 +65,8 @@ def _describe_single_file(path: Path) -> dict[str, Any]:
     specs = tensor_specs(path)
     variant = detect(specs)
     report: dict[str, Any] = {"layout": f"CompVis single file ({path.suffix})", "components": {}}
-    sd2 = variant.family == "SD 2.x"
+    report["variant"] = str(variant)  # from the shapes: SD1.x / SD2.x, inpainting or not
+    sd2 = variant.family == "SD2.x"
     unet = UNetConfig(in_channels=9 if variant.inpainting else 4, **(SD2_UNET if sd2 else {}))
     configs = {"text_encoder": SD2_TEXT if sd2 else CLIPTextConfig(), "unet": unet, "vae": VAEConfig()}
     claimed: set[str] = set()
@@ -85,7 +86,7 @@ def _describe_single_file(path: Path) -> dict[str, Any]:
     if fits and set(report["components"]) == set(LAYOUTS):
         report["family"] = f"{variant} (every key and shape as minisd's {variant} networks)"
     else:
-        report["family"] = f"{variant} by its text encoder; other shapes: pass the matching diffusers folder as config"
+        report["family"] = "custom (pass the matching diffusers folder as config)"
     return report
 
 

@@ -16,6 +16,7 @@ compares with, stage by stage, in the order the data flows. Its tensors have sta
     step/{i:03d}/pred_x0                the scheduler's estimate x̂_0
     step/{i:03d}/x_prev                 x_{t−1}, the sample after the step
     latents/final                       (B, 4, h, w) the last x_prev, on the UNet's scale
+    vae/input                           what the VAE decoder gets: the final latents unscaled (÷ scaling factor)
     vae/{module}                        the VAE decoder's parts: post_quant_conv, decoder.conv_in,
                                         decoder.mid_block, decoder.up_blocks.N, decoder.conv_out
     image/decoded                       (B, 3, H, W) the picture in [0, 1], before 8-bit rounding
@@ -134,7 +135,7 @@ class Recording:
         if stage == "text_encoder":
             return {"input_ids": torch.cat([T["text/ids_uncond"], T["text/ids_cond"]])}
         if stage == "vae":
-            return {"latents": T["latents/final"], "scaling_factor": m["scaling_factor"]}
+            return {"latents": T["vae/input"]}
         i = self._step(step)
         t = m["timesteps"][i]
         if stage == "unet":
@@ -249,25 +250,28 @@ def record(prompt: str, weights: str | Path | None = None, pipe=None, **settings
 
     s = Settings(prompt, **settings)
     pipe = pipe or load_pipeline(weights)
-    rec, parts = Recording(), {}
+    rec, parts, vae_parts, unet_calls, texts = Recording(), {}, {}, [], []
     ids = pipe.tokenizer([s.prompt]), pipe.tokenizer([s.negative_prompt])
-    unet_calls = []
-    unet_hook = pipe.unet.register_forward_pre_hook(lambda *_: unet_calls.append(None))
-    texts = []
-    text_hook = pipe.text_encoder.register_forward_hook(lambda m, a, out: texts.append(out))
+    hooks = [
+        pipe.unet.register_forward_pre_hook(lambda *_: unet_calls.append(None)),
+        pipe.text_encoder.register_forward_hook(lambda m, a, out: texts.append(out)),
+        pipe.vae.post_quant_conv.register_forward_pre_hook(lambda m, args: vae_parts.update(input=args[0])),
+    ]
 
     def at_block_step() -> bool:
         return len(unet_calls) == s.block_step + 1
 
     try:
-        with part_outputs(pipe.unet, UNET_PARTS, "unet", parts, at_block_step):
+        with (
+            part_outputs(pipe.unet, UNET_PARTS, "unet", parts, at_block_step),
+            part_outputs(pipe.vae, VAE_PARTS, "vae", vae_parts),
+        ):
             options = {k: v for k, v in asdict(s).items() if k != "block_step"}
             result = pipe.text_to_image(**options, trace=True, progress=False)
-        with part_outputs(pipe.vae, VAE_PARTS, "vae", vae_parts := {}):
-            image = pipe.unet_latents_to_images(result.latents)
+            image = pipe.unet_latents_to_images(result.latents)  # the picture before 8-bit rounding
     finally:
-        unet_hook.remove()
-        text_hook.remove()
+        for hook in hooks:
+            hook.remove()
 
     rec.add("text/ids_cond", ids[0])
     rec.add("text/cond", texts[0])
@@ -286,6 +290,7 @@ def record(prompt: str, weights: str | Path | None = None, pipe=None, **settings
             if getattr(step, what) is not None:
                 rec.add(step_name(i, what), getattr(step, what))
     rec.add("latents/final", result.latents)
+    rec.add("vae/input", vae_parts.pop("input"))
     for name, value in vae_parts.items():
         rec.add(name, value)
     rec.add("image/decoded", image)
@@ -294,7 +299,6 @@ def record(prompt: str, weights: str | Path | None = None, pipe=None, **settings
         "settings": asdict(s),
         "scheduler": pipe.make_scheduler(s.scheduler).name,
         "timesteps": result.timesteps,
-        "scaling_factor": pipe.vae.config.scaling_factor,
         "model": {
             "weights": str(weights or os.environ.get("MINISD_WEIGHTS") or "minisd-tiny"),
             "hash": weights_hash(pipe.text_encoder, pipe.unet, pipe.vae),

@@ -47,7 +47,7 @@ SCHEDULERS = {
 
 @dataclass(frozen=True)
 class Variant:
-    family: str  # "SD 1.x" or "SD 2.x"
+    family: str  # "SD1.x" or "SD2.x"
     inpainting: bool
     text_width: int
 
@@ -59,7 +59,7 @@ def detect(specs: StateDict) -> Variant:
     """The variant of a single file's tensors (shapes only: ``tensor_specs`` reads no weights)."""
     sd2 = any(k.startswith(OPENCLIP_PREFIX) for k in specs)
     conv_in = specs.get(CONV_IN)
-    return Variant("SD 2.x" if sd2 else "SD 1.x", conv_in is not None and conv_in.shape[1] == 9, 1024 if sd2 else 768)
+    return Variant("SD2.x" if sd2 else "SD1.x", conv_in is not None and conv_in.shape[1] == 9, 1024 if sd2 else 768)
 
 
 def prediction_type(path: Path, variant: Variant, given: str | None = None) -> str:
@@ -68,7 +68,7 @@ def prediction_type(path: Path, variant: Variant, given: str | None = None) -> s
         if given not in SCHEDULERS:
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {given!r}")
         return given
-    if variant.family == "SD 1.x":
+    if variant.family == "SD1.x":
         return "epsilon"
     if path.suffix != ".safetensors" and pickle_entry(path, "global_step") == SD2_BASE_GLOBAL_STEP:
         return "epsilon"
@@ -96,7 +96,7 @@ def configs_for(path: Path, given_prediction_type: str | None = None) -> tuple[V
     variant = detect(tensor_specs(path))
     prediction = prediction_type(path, variant, given_prediction_type)
     in_channels = 9 if variant.inpainting else 4
-    if variant.family == "SD 2.x":
+    if variant.family == "SD2.x":
         configs = SingleFileConfigs(SD2_TEXT, UNetConfig(in_channels=in_channels, **SD2_UNET), SD2_PAD_ID, None)
     else:
         configs = SingleFileConfigs(CLIPTextConfig(), UNetConfig(in_channels=in_channels), None, None)

@@ -54,7 +54,10 @@ def test_bad_files_give_clear_errors(tmp_path):
         minisd.load_text_encoder(tmp_path)
     sd2 = tmp_path / "v2-1_768-ema-pruned.safetensors"
     save_file({"cond_stage_model.model.token_embedding.weight": torch.zeros(2, 2)}, sd2)
-    with pytest.raises(minisd.CheckpointError, match=r"SD2\.x single file .* use the model's diffusers folder"):
+    with pytest.raises(
+        minisd.CheckpointError,
+        match=r"does not fit the model's config — missing: text_model\.embeddings\.position_embedding",
+    ):
         minisd.load_text_encoder(sd2)
 
 

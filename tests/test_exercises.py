@@ -81,6 +81,6 @@ def test_check_recorded_replays_minisd_tinys_recording(capsys):
     sched = make_scheduler("ddim", pipe.scheduler.config)
     sched.set_timesteps(25)
     assert check_recorded("scheduler", lambda eps, t, x: sched.step(eps, t, x).prev_sample)
-    assert check_recorded("vae", lambda z, s: (pipe.vae.decode(z / s) / 2 + 0.5).clamp(0, 1))
-    assert not check_recorded("vae", lambda z, s: pipe.vae.decode(z / s).clamp(0, 1))  # forgot the [−1, 1] → [0, 1]
+    assert check_recorded("vae", lambda z: (pipe.vae.decode(z) / 2 + 0.5).clamp(0, 1))
+    assert not check_recorded("vae", lambda z: pipe.vae.decode(z).clamp(0, 1))  # forgot the [−1, 1] → [0, 1]
     assert "✗ vae on minisd-tiny-ddim-pair.safetensors" in capsys.readouterr().out

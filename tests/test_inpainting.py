@@ -100,9 +100,10 @@ def test_cli_inpaint(model, tmp_path):
     picture(40, 30).save(tmp_path / "in.png")
     mask(40, 30).save(tmp_path / "mask.png")
     out = tmp_path / "out.png"
-    args = ["inpaint", PROMPT, "--weights", str(folder), "--image", str(tmp_path / "in.png"), "--mask",
-            str(tmp_path / "mask.png"), "--steps", "3", "--height", "48", "--width", "64", "--out", str(out)]  # fmt: skip
+    files = ["--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png")]
+    args = ["inpaint", PROMPT, "--weights", str(folder), *files, "--steps", "3", "--height", "48", "--width", "64"]
+    args += ["--out", str(out)]
     assert main(args) == 0 and Image.open(out).size == (64, 48)
     assert main([*args[:-2], "--out", str(tmp_path / "x.png"), "--strength", "0"]) == 2
-    assert main([*args[:5], "--mask", str(tmp_path / "absent.png"), "--out", str(tmp_path / "y.png")]) == 2
+    assert main([*args[:6], "--mask", str(tmp_path / "absent.png"), "--out", str(tmp_path / "y.png")]) == 2
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()

@@ -118,12 +118,13 @@ def test_real_sd1_layout(tmp_path):
 
 
 def test_sd2_single_file(tmp_path):
-    """An OpenCLIP text encoder (cond_stage_model.model.*) marks SD2.x, which loads from its diffusers folder."""
+    """An OpenCLIP text encoder (cond_stage_model.model.*) marks SD2.x; a partial one is "custom" (see
+    tests/test_sd2_single_file.py for a complete one)."""
     save_file({"cond_stage_model.model.token_embedding.weight": torch.zeros(2, 2)}, tmp_path / "v2.safetensors")
     report = describe(tmp_path / "v2.safetensors")
-    assert report["family"] == "SD2.x (load its diffusers folder: single-file SD2.x is not supported)"
-    assert list(report["components"]) == ["text_encoder (OpenCLIP, SD2.x)"]
-    assert report["components"]["text_encoder (OpenCLIP, SD2.x)"]["tensors"] == 1
+    assert report["family"] == "custom (pass the matching diffusers folder as config)"
+    assert list(report["components"]) == ["text_encoder"]
+    assert report["components"]["text_encoder"]["wrong_shape"] == ["text_model.embeddings.token_embedding.weight"]
     assert report["other"] == []
 
 

@@ -116,7 +116,7 @@ def bad_checkpoints(root: Path) -> dict[str, tuple[Path, str]]:
     sd2 = {"cond_stage_model.model.token_embedding.weight": torch.zeros(8, 4)}
     sd2["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(320, 4, 3, 3)
     torch.save({"state_dict": sd2}, root / "sd2.ckpt")
-    cases["an SD2 single file given an SD1 config"] = (root / "sd2.ckpt", "The file is SD 2.x")
+    cases["an SD2 single file given an SD1 config"] = (root / "sd2.ckpt", "The file is SD2.x")
     torch.save({"state_dict": {"x": torch.zeros(1)}, "extra": Payload(str(root / "PWNED"))}, root / "evil.ckpt")
     cases["a pickle that carries code"] = (root / "evil.ckpt", "will not unpickle")
     return cases
