@@ -65,8 +65,14 @@ def open_pipeline(args: argparse.Namespace):
     if args.device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: Apple's Metal backend is not available here")
 
+    for flag in ("attention_chunk", "vae_tile"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: need at least 1")
     options = dict(device=args.device, dtype=DTYPES[args.dtype], config=args.config)
-    return load_pipeline(args.weights, prediction_type=getattr(args, "prediction_type", None), **options)
+    pipe = load_pipeline(args.weights, prediction_type=getattr(args, "prediction_type", None), **options)
+    low_memory = ("attention_chunk", "vae_tile", "drop_text_encoder")
+    pipe.set_low_memory(*(getattr(args, name, None) for name in low_memory))
+    return pipe.compile() if getattr(args, "compile", False) else pipe
 
 
 def write_results(result, paths: list[Path], trace_dir: str | None, pipe) -> None:
@@ -263,6 +269,10 @@ def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="override the model's (SD 2.x)")
+    p.add_argument("--attention-chunk", type=int, metavar="N", help="low memory: attend N queries at a time")
+    p.add_argument("--vae-tile", type=int, metavar="N", help="low memory: decode N×N latent tiles (64: 512 px)")
+    p.add_argument("--drop-text-encoder", action="store_true", help="low memory: free the text encoder after use")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder (slow first call)")
 
 
 def build_parser() -> argparse.ArgumentParser:

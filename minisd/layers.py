@@ -40,6 +40,7 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
         self.keep_weights = False  # True: keep the last softmax weights in .weights (attention maps)
         self.weights: torch.Tensor | None = None
+        self.query_chunk: int | None = None  # attend this many queries at a time (low memory; same result)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -50,7 +51,12 @@ class Attention(nn.Module):
         dtype = q.dtype
         if self.upcast:  # scores in fp32: under fp16 they overflow for SD2.1
             q, k, v = q.float(), k.float(), v.float()
-        out, self.weights = attention(q, k, v, return_weights=self.keep_weights)
+        if self.query_chunk and q.shape[-2] > self.query_chunk and not self.keep_weights:
+            # Each query's output depends on its own scores only: chunks of queries give the same result with
+            # a (B, heads, chunk, Nk) score matrix instead of (B, heads, Nq, Nk).
+            out = torch.cat([attention(part, k, v)[0] for part in q.split(self.query_chunk, dim=-2)], dim=-2)
+        else:
+            out, self.weights = attention(q, k, v, return_weights=self.keep_weights)
         out = rearrange(out.to(dtype), "b h n d -> b n (h d)")
         return self.to_out[0](out)
 

@@ -39,6 +39,7 @@ from .checkpoints import tensor_specs
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
 from .config import CheckpointError
 from .inpainting import blend_known_region, mask_latent, mask_tensor, picture_tensor
+from .layers import Attention
 from .schedulers import DDIM, Scheduler, load_scheduler, make_scheduler
 from .tokenizer import CLIPTokenizer, load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig, load_unet
@@ -93,6 +94,28 @@ class StableDiffusion:
         self.scheduler = scheduler
         self.device, self.dtype = torch.device(device), dtype
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 8: pixels per latent pixel
+        self.vae_tile: int | None = None  # see set_low_memory
+        self.drop_text_encoder = False
+
+    def set_low_memory(
+        self, attention_chunk: int | None = None, vae_tile: int | None = None, drop_text_encoder: bool = False
+    ) -> StableDiffusion:
+        """Trade time for memory. ``attention_chunk``: every attention layer attends that many queries at a
+        time (the same result). ``vae_tile``: decode latent tiles of that side (64: 512 pixels) one at a time
+        (slightly different pictures: AutoencoderKL.decode_tiled). ``drop_text_encoder``: free the text encoder
+        once the first prompts are encoded (a one-shot generation; the next prompt needs a new pipeline)."""
+        for module in self.unet.modules():
+            if isinstance(module, Attention):
+                module.query_chunk = attention_chunk
+        self.vae_tile, self.drop_text_encoder = vae_tile, drop_text_encoder
+        return self
+
+    def compile(self) -> StableDiffusion:
+        """``torch.compile`` the UNet and the VAE decoder in place (the first call compiles: minutes on a CPU;
+        later calls run the fused kernels). The same results to float rounding (tests/test_pipeline.py)."""
+        self.unet.compile()
+        self.vae.decoder.compile()
+        return self
 
     # 1. Text understanding -----------------------------------------------------------------------------
 
@@ -110,7 +133,14 @@ class StableDiffusion:
             raise ValueError(
                 f"guidance_scale must be a finite number ≥ 0 (≤ 1 turns guidance off), got {guidance_scale}"
             )
-        return self.encode_prompt(prompts), self.encode_prompt(negatives) if guidance_scale > 1 else None
+        if self.text_encoder is None:
+            raise ValueError(
+                "the text encoder was freed after its first use (drop_text_encoder): load the pipeline again"
+            )
+        texts = self.encode_prompt(prompts), self.encode_prompt(negatives) if guidance_scale > 1 else None
+        if self.drop_text_encoder:
+            self.text_encoder = None  # its memory is free for the UNet and the VAE
+        return texts
 
     # 2. The image information creator: the denoising loop ---------------------------------------------
 
@@ -177,7 +207,8 @@ class StableDiffusion:
 
         (``vae.decode`` takes the VAE's own, unscaled latents and returns [−1, 1].)
         """
-        images = self.vae.decode(self.vae.unscale_latents(latents))
+        z = self.vae.unscale_latents(latents)
+        images = self.vae.decode_tiled(z, self.vae_tile) if self.vae_tile else self.vae.decode(z)
         if not torch.isfinite(images).all():  # never saved as a black or white picture
             raise FloatingPointError(f"the VAE decoder gave NaN or Inf; {self.overflow_hint()}")
         return (images.float() / 2 + 0.5).clamp(0, 1)
@@ -344,7 +375,8 @@ class StableDiffusion:
         channels, n = self.vae.config.block_out_channels, len(self.vae.config.block_out_channels)
         # Level i runs at 2^(n−1−i) times the latent's side; what is upsampled into it has level i+1's channels.
         largest = max(channels[min(i + 1, n - 1)] * 4 ** (n - 1 - i) for i in range(n))  # per latent pixel
-        needed = 3 * 4 * batch * largest * h * w  # three live fp32 tensors
+        tile = self.vae_tile or max(h, w)  # a tiled decode holds one tile at a time
+        needed = 3 * 4 * batch * largest * min(h, tile) * min(w, tile)  # three live fp32 tensors
         available = device_memory(self.device)
         if available and needed > available:
             size, where = (

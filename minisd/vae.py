@@ -243,9 +243,56 @@ class AutoencoderKL(nn.Module):
             return fp32(self.decoder, fp32(self.post_quant_conv, z.float())).half()
         return self.decoder(self.post_quant_conv(z.to(self.dtype)))
 
+    def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int | None = None) -> torch.Tensor:
+        """``decode`` tile by tile: latent tiles of ``tile``² sharing ``overlap`` (default tile/4) with each
+        neighbour, decoded one at a time and cross-faded linearly there. Peak memory: one tile's decode.
+
+        Not bit-equal to ``decode``: each tile's GroupNorms and mid-block attention see only that tile, so
+        the pictures differ slightly everywhere, most at the seams (tests/test_vae.py measures it).
+        """
+        h, w = z.shape[-2:]
+        overlap = tile // 4 if overlap is None else overlap
+        if not 0 <= overlap < tile:
+            raise ValueError(f"a tile of {tile} latent pixels cannot overlap its neighbour by {overlap}")
+        if h <= tile and w <= tile:
+            return self.decode(z)
+        f = 2 ** (len(self.config.block_out_channels) - 1)  # pixels per latent pixel
+        stride = tile - overlap
+        out = weight = None
+        for top in _starts(h, tile, stride):
+            for left in _starts(w, tile, stride):
+                piece = self.decode(z[..., top : top + tile, left : left + tile])  # (B, 3, f·tile, f·tile)
+                ramp = _ramp(piece.shape[-2], f * overlap, top > 0, top + tile < h)[:, None]
+                ramp = (ramp * _ramp(piece.shape[-1], f * overlap, left > 0, left + tile < w)[None, :]).to(piece)
+                if out is None:
+                    out = piece.new_zeros(*piece.shape[:2], f * h, f * w)
+                    weight = piece.new_zeros(f * h, f * w)
+                rows, cols = slice(f * top, f * top + piece.shape[-2]), slice(f * left, f * left + piece.shape[-1])
+                out[..., rows, cols] += piece * ramp
+                weight[rows, cols] += ramp
+        return out / weight
+
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Encode, sample, decode: a round trip through latent space."""
         return self.decode(self.encode(images).sample(generator))
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile origins covering 0..size: every ``stride``, the last one flush with the end."""
+    starts = list(range(0, max(size - tile, 0) + 1, stride))
+    return starts if starts[-1] + tile >= size else [*starts, size - tile]
+
+
+def _ramp(n: int, overlap: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
+    """Weights along one side of a tile: rising over the first ``overlap`` pixels and falling over the last,
+    where a neighbouring tile shares them; 1 elsewhere."""
+    r = torch.ones(n)
+    fade = (torch.arange(overlap) + 0.5) / overlap
+    if fade_in:
+        r[:overlap] = fade
+    if fade_out:
+        r[n - overlap :] = fade.flip(0)
+    return r
 
 
 def load_vae(
