@@ -41,8 +41,9 @@ notebooks: $(VENV)/.test
 book: $(VENV)/.test
 	$(BIN)/python notebooks/make_book.py site
 
+# minisd against diffusers on this machine: benchmarks/RESULTS.md (about 15 minutes on a 2-core CPU).
 bench: $(VENV)/.test
-	$(BIN)/python benchmarks/unet_forward.py
+	$(BIN)/python benchmarks/bench.py
 
 # minisd-tiny's reference recordings (fp32, CPU), which tests/test_reference.py regenerates and compares.
 recordings: $(VENV)/.runtime
