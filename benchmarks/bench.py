@@ -12,6 +12,7 @@ everything at tiny sizes: a smoke test of this script, not a measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -30,8 +31,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-
-import contextlib
 
 from measure import peak_memory_mib  # noqa: E402
 
@@ -60,8 +59,8 @@ TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
@@ -135,7 +134,7 @@ def bench_networks(quick: bool, repeats: int) -> list[dict]:
             for m in modules:
                 m.to(dtype)
             a = cast(args, dtype)
-            t = alternate({"minisd": lambda: ours(*a), "diffusers": lambda: ref(*a)}, repeats)
+            t = alternate({"minisd": lambda o=ours, a=a: o(*a), "diffusers": lambda r=ref, a=a: r(*a)}, repeats)
             rows.append({"what": name, "dtype": label, **t})
             for m in modules:
                 m.float()
@@ -301,12 +300,13 @@ def main() -> None:
     gpu = "GPU: none on this machine, so the GPU rows (fp16, SDPA, torch.compile) were not measured."
     if torch.cuda.is_available():
         gpu = "GPU: present, but this script measures the CPU; see benchmarks/device_check.py."
+    command = " ".join(["python", *sys.argv])
+    quick = " (QUICK: tiny sizes, not a measurement)" if args.quick else ""
     text = (
         f"# Benchmarks: minisd against diffusers\n\n{machine()}.\n"
-        f"Measured {datetime.date.today()} by `{' '.join(['python', *sys.argv[0:1], *sys.argv[1:]])}` "
-        f"in {time.perf_counter() - started:.0f} s{' (QUICK: tiny sizes, not a measurement)' if args.quick else ''}.\n\n"
-        f"{table(rows)}\n\nMedians of {args.repeats} runs (processes: of {max(1, args.repeats // 2)}); ratio = minisd / "
-        f"diffusers (below 1: minisd faster). {gpu}\n"
+        f"Measured {datetime.date.today()} by `{command}` in {time.perf_counter() - started:.0f} s{quick}.\n\n"
+        f"{table(rows)}\n\nMedians of {args.repeats} runs (processes: of {max(1, args.repeats // 2)}); "
+        f"ratio = minisd / diffusers (below 1: minisd faster). {gpu}\n"
     )
     Path(args.out).write_text(text)
     print(text)
