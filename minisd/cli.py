@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the model, its training state and loss curves")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, help="VAE training steps (default 1500)")
-    p.add_argument("--unet-steps", type=int, help="text encoder + UNet training steps (default 2100)")
+    p.add_argument("--unet-steps", type=int, help="text encoder + UNet training steps (default 1450)")
     p.add_argument("--quick", action="store_true", help="a few steps at a small batch: a smoke test")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.set_defaults(run=train)
@@ -337,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def argv_command(argv: list[str] | None) -> str | None:
+    """The subcommand named on the command line, if any."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
     return f"minisd: warning: {message}\n"
 
@@ -353,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minisd: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("minisd: interrupted; no picture was written", file=sys.stderr)
+        kept = "the training state is saved (continue with --resume)" if argv_command(argv) == "train" else (
+            "no picture was written")  # fmt: skip
+        print(f"minisd: interrupted; {kept}", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it
     return status or 0

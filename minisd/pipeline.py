@@ -11,6 +11,8 @@
 
     image_to_image starts step 2 from the user's picture instead: encoded, then noised to the timestep that
     ``strength`` picks (q(x_t | x_0)), and runs only the remaining steps (Meng et al. 2022, SDEdit).
+    inpaint redraws only under a mask: an inpainting UNet sees the mask and the masked picture's latent as
+    extra input channels at step 3, any other model has the kept part put back after each step (inpainting.py).
 
 Read it in that order: ``load_pipeline`` builds the parts, ``text_to_image`` makes x_T and runs ``denoise``
 (step 3, a generator that yields each step as a ``TraceStep``), and ``unet_latents_to_images`` is step 4.
@@ -112,7 +114,7 @@ class StableDiffusion:
 
     def compile(self) -> StableDiffusion:
         """``torch.compile`` the UNet and the VAE decoder in place (the first call compiles: minutes on a CPU;
-        later calls run the fused kernels). The same results to float rounding (tests/test_pipeline.py)."""
+        later calls run the fused kernels). The same results to float rounding (tests/test_low_memory.py)."""
         self.unet.compile()
         self.vae.decoder.compile()
         return self

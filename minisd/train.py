@@ -82,7 +82,7 @@ class Settings:
     out: Path
     seed: int = 0
     vae_steps: int = 1500
-    unet_steps: int = 2100
+    unet_steps: int = 1450
     vae_batch: int = 32
     batch: int = 64
     vae_lr: float = 1e-3
