@@ -81,8 +81,8 @@ SHIPPED_SCHEDULER = {"_class_name": "PNDMScheduler", "skip_prk_steps": True, "ti
 class Settings:
     out: Path
     seed: int = 0
-    vae_steps: int = 1500
-    unet_steps: int = 1450
+    vae_steps: int = 700
+    unet_steps: int = 2800
     vae_batch: int = 32
     batch: int = 64
     vae_lr: float = 1e-3
