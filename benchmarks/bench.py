@@ -136,6 +136,11 @@ def bench_networks(quick: bool, repeats: int) -> list[dict]:
             a = cast(args, dtype)
             t = alternate({"minisd": lambda o=ours, a=a: o(*a), "diffusers": lambda r=ref, a=a: r(*a)}, repeats)
             rows.append({"what": name, "dtype": label, **t})
+            if not name.startswith("text"):  # convolutions: minisd's channels_last option, against the same
+                modules[1].to(memory_format=torch.channels_last)
+                t = alternate({"minisd": lambda o=ours, a=a: o(*a), "diffusers": lambda r=ref, a=a: r(*a)}, repeats)
+                rows.append({"what": name + ", minisd `channels_last()`", "dtype": label, **t})
+                modules[1].to(memory_format=torch.contiguous_format)
             for m in modules:
                 m.float()
     return rows

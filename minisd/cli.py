@@ -72,6 +72,8 @@ def open_pipeline(args: argparse.Namespace):
     pipe = load_pipeline(args.weights, prediction_type=getattr(args, "prediction_type", None), **options)
     low_memory = ("attention_chunk", "vae_tile", "drop_text_encoder")
     pipe.set_low_memory(*(getattr(args, name, None) for name in low_memory))
+    if getattr(args, "channels_last", False):
+        pipe.channels_last()
     return pipe.compile() if getattr(args, "compile", False) else pipe
 
 
@@ -273,6 +275,7 @@ def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None
     p.add_argument("--vae-tile", type=int, metavar="N", help="low memory: decode N×N latent tiles (64: 512 px)")
     p.add_argument("--drop-text-encoder", action="store_true", help="low memory: free the text encoder after use")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder (slow first call)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions: faster on CPUs, in bf16 most")
 
 
 def build_parser() -> argparse.ArgumentParser:

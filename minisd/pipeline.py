@@ -112,6 +112,13 @@ class StableDiffusion:
         self.vae_tile, self.drop_text_encoder = vae_tile, drop_text_encoder
         return self
 
+    def channels_last(self) -> StableDiffusion:
+        """Store the UNet's and the VAE's convolution weights pixel-major (NHWC): the CPU's oneDNN convolutions,
+        bf16 above all, run faster so (benchmarks/RESULTS.md); results equal to float rounding."""
+        self.unet.to(memory_format=torch.channels_last)
+        self.vae.to(memory_format=torch.channels_last)
+        return self
+
     def compile(self) -> StableDiffusion:
         """``torch.compile`` the UNet and the VAE decoder in place (the first call compiles: minutes on a CPU;
         later calls run the fused kernels). The same results to float rounding (tests/test_low_memory.py)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,14 @@ def test_memory_estimate_uses_the_tile(folder):
     pipe.check_memory(1, 40_000, 40_000)  # tiles of 64: the decoder's share fits
 
 
+def test_channels_last_gives_the_same_result(folder):
+    plain = generate(load_pipeline(folder))
+    nhwc = generate(load_pipeline(folder).channels_last())
+    assert max_rel_err(nhwc.latents, plain.latents) <= 1e-5
+    assert max_rel_err(torch.from_numpy(np.asarray(nhwc.images[0])).float(),
+                       torch.from_numpy(np.asarray(plain.images[0])).float()) <= 1e-2  # fmt: skip
+
+
 def test_compile_gives_the_same_result(folder):
     plain = generate(load_pipeline(folder))
     compiled = generate(load_pipeline(folder).compile())
@@ -71,7 +80,7 @@ def test_compile_gives_the_same_result(folder):
 def test_cli_flags(folder, tmp_path):
     out = tmp_path / "x.png"
     common = ["generate", PROMPT, "--weights", str(folder), "--steps", "2", "--height", "48", "--width", "64"]
-    flags = ["--attention-chunk", "16", "--vae-tile", "8", "--drop-text-encoder"]
+    flags = ["--attention-chunk", "16", "--vae-tile", "8", "--drop-text-encoder", "--channels-last"]
     assert main([*common, *flags, "--out", str(out)]) == 0 and out.is_file()
     assert main([*common, "--vae-tile", "0", "--out", str(tmp_path / "y.png")]) == 2
     assert not (tmp_path / "y.png").exists()
