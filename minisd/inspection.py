@@ -28,7 +28,7 @@ from .checkpoints import (
 from .clip import CLIPTextConfig, CLIPTextModel
 from .unet import UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
-from .variants import SD2_TEXT, SD2_UNET, detect
+from .variants import detect, network_configs
 
 
 def _expected(name: str, config=None) -> StateDict:
@@ -67,8 +67,8 @@ def _describe_single_file(path: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"layout": f"CompVis single file ({path.suffix})", "components": {}}
     report["variant"] = str(variant)  # from the shapes: SD1.x / SD2.x, inpainting or not
     sd2 = variant.family == "SD2.x"
-    unet = UNetConfig(in_channels=9 if variant.inpainting else 4, **(SD2_UNET if sd2 else {}))
-    configs = {"text_encoder": SD2_TEXT if sd2 else CLIPTextConfig(), "unet": unet, "vae": VAEConfig()}
+    text, unet = network_configs(variant)
+    configs = {"text_encoder": text, "unet": unet, "vae": VAEConfig()}
     claimed: set[str] = set()
     for name, layout in LAYOUTS.items():
         prefix = OPENCLIP_PREFIX if name == "text_encoder" and sd2 else layout.compvis_prefix

@@ -253,15 +253,14 @@ class StableDiffusion:
         prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         h, w = self.latent_size(height, width)
         self.check_memory(len(prompts), h, w)
-        sched = self.make_scheduler(scheduler, eta)
-        sched.set_timesteps(steps)
+        sched, timesteps = self.sampler(scheduler, eta, steps, strength=1.0)
         generator = make_generator(seed)
 
         x = randn((len(prompts), self.unet.config.in_channels, h, w), generator, self.device, self.dtype)
         x = x * sched.init_noise_sigma  # x_T ~ N(0, σ_max²)
         cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
-        loop = self.denoise(x, sched, sched.timesteps, cond, uncond, guidance_scale, generator)
-        return self.run(loop, x, len(sched.timesteps), trace, on_step, progress)
+        loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator)
+        return self.run(loop, x, len(timesteps), trace, on_step, progress)
 
     @torch.no_grad()
     def image_to_image(
@@ -281,8 +280,6 @@ class StableDiffusion:
         progress: bool = True,
     ) -> Result:
         """Redraw ``image`` after the prompt: ``strength`` 0 keeps it, 1 replaces it entirely."""
-        if not 0 <= strength <= 1:
-            raise ValueError(f"strength must be between 0 and 1, got {strength}")
         prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         pixels = self.preprocess(image).to(self.device, self.dtype)  # (1, 3, H, W) in [−1, 1]
         self.check_memory(len(prompts), pixels.shape[-2] // self.vae_scale, pixels.shape[-1] // self.vae_scale)
@@ -321,8 +318,6 @@ class StableDiffusion:
         A 9-channel inpainting UNet sees the mask; any other model falls back to latent blending (a warning).
         Random numbers are drawn in diffusers' order: the picture's latent (when needed), the noise, the
         masked picture's latent."""
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
         prompts, negatives = repeat_prompts(prompt, negative_prompt, num_images)
         h, w = self.latent_size(height, width)
         B, H, W = len(prompts), h * self.vae_scale, w * self.vae_scale
@@ -361,6 +356,8 @@ class StableDiffusion:
     def sampler(self, name: str | None, eta: float, steps: int, strength: float) -> tuple[Scheduler, torch.Tensor]:
         """A fresh sampler set to ``steps``, and the timesteps a job runs: the last int(steps·strength) of them
         (a picture given to start from stands in for the earlier ones)."""
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be between 0 and 1, got {strength}")
         sched = self.make_scheduler(name, eta)
         sched.set_timesteps(steps)
         keep = min(int(steps * strength), steps)

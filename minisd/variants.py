@@ -92,13 +92,16 @@ class SingleFileConfigs:
     scheduler: tuple[str, dict | None]  # make_scheduler's arguments
 
 
-def configs_for(path: Path, given_prediction_type: str | None = None) -> tuple[Variant, SingleFileConfigs]:
-    variant = detect(tensor_specs(path))
-    prediction = prediction_type(path, variant, given_prediction_type)
+def network_configs(variant: Variant) -> tuple[CLIPTextConfig, UNetConfig]:
+    """The text encoder's and the UNet's configs of a variant (its VAE is SD's in every variant)."""
     in_channels = 9 if variant.inpainting else 4
     if variant.family == "SD2.x":
-        configs = SingleFileConfigs(SD2_TEXT, UNetConfig(in_channels=in_channels, **SD2_UNET), SD2_PAD_ID, None)
-    else:
-        configs = SingleFileConfigs(CLIPTextConfig(), UNetConfig(in_channels=in_channels), None, None)
-    configs.scheduler = SCHEDULERS[prediction]
-    return variant, configs
+        return SD2_TEXT, UNetConfig(in_channels=in_channels, **SD2_UNET)
+    return CLIPTextConfig(), UNetConfig(in_channels=in_channels)
+
+
+def configs_for(path: Path, given_prediction_type: str | None = None) -> tuple[Variant, SingleFileConfigs]:
+    variant = detect(tensor_specs(path))
+    pad_id = SD2_PAD_ID if variant.family == "SD2.x" else None
+    scheduler = SCHEDULERS[prediction_type(path, variant, given_prediction_type)]
+    return variant, SingleFileConfigs(*network_configs(variant), pad_id, scheduler)
