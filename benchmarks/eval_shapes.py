@@ -24,13 +24,14 @@ from minisd import load_pipeline, shapes
 from minisd.viz import caption_grid
 
 
-def evaluate(pipe, seeds: int = 4, limit: int | None = None) -> tuple[dict, list]:
-    """Accuracy per check over the held-out captions × seeds, and the pictures of the first seed."""
+def evaluate(pipe, seeds: int = 4, limit: int | None = None, **settings) -> tuple[dict, list]:
+    """Accuracy per check over the held-out captions × seeds, and the pictures of the first seed. ``settings``
+    go to ``text_to_image`` (none, to measure what a user sees)."""
     scenes = shapes.evaluation_scenes()[:limit]
     captions = [s.caption for s in scenes]
     hits, first = defaultdict(list), []
     for seed in range(seeds):
-        images = pipe.text_to_image(captions, seed=seed, progress=False).images  # every other setting: default
+        images = pipe.text_to_image(captions, seed=seed, progress=False, **settings).images
         first = first or images
         for scene, image in zip(scenes, images, strict=True):
             kind = "single" if len(scene.shapes) == 1 else "pair"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import minisd
-from minisd.train import Settings, Trainer, train
+from minisd import shapes
+from minisd.train import VAE_INIT_LOGVAR, LatentPool, Settings, Trainer, train
 
 pytestmark = pytest.mark.xdist_group("train")  # the torchrun test wants both cores
 
@@ -84,3 +85,26 @@ def test_two_processes_with_torchrun(tmp_path):
     training = json.loads((tmp_path / "ddp" / "training.json").read_text())
     assert training["world_size"] == 2
     minisd.load_pipeline(tmp_path / "ddp").text_to_image("a blue square", steps=2, progress=False)
+
+
+def test_the_latent_pool_holds_each_pictures_posterior_and_caption(tmp_path):
+    trainer = Trainer(Settings.quick(tmp_path))
+    pool = LatentPool(trainer.vae, lambda i: 1000 + i, 6, trainer.device, chunk=4)
+    assert pool.mean.shape == pool.std.shape == (6, 4, 16, 16)
+    assert pool.captions == shapes.batch(1000, 4)[1] + shapes.batch(1001, 2)[1]
+    z0, captions = pool.sample(5, torch.Generator().manual_seed(0))
+    index = torch.randint(6, (5,), generator=torch.Generator().manual_seed(0))
+    assert captions == [pool.captions[i] for i in index]
+    assert z0.shape == (5, 4, 16, 16)
+    # z0 = scaling_factor · (μ + σ·ε): within a few σ of the scaled mean
+    distance = (z0 / trainer.vae.config.scaling_factor - pool.mean[index]) / pool.std[index]
+    assert distance.abs().max() < 6 and distance.std() > 0.5
+
+
+def test_the_vae_posterior_starts_nearly_deterministic(tmp_path):
+    """log σ² starts near VAE_INIT_LOGVAR, not 0: the decoder does not first learn to blur unit noise."""
+    vae = Trainer(Settings.quick(tmp_path)).vae
+    x, _ = shapes.batch(0, 4)
+    with torch.no_grad():
+        posterior = vae.encode(x)
+    assert posterior.logvar.mean() == pytest.approx(VAE_INIT_LOGVAR, abs=1.0)

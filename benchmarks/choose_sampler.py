@@ -1,0 +1,54 @@
+"""Which sampler should a model ship with? Every candidate measured on the held-out captions, side by side.
+
+Each row is a scheduler config the model folder could ship (class and timestep spacing) at a guidance scale;
+the first seeds of ``eval_shapes`` are generated with it and read back by ``shapes.analyse``. The model card's
+sampler table comes from here.
+
+    python benchmarks/choose_sampler.py [--weights weights/minisd-tiny] [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from eval_shapes import evaluate
+
+from minisd import load_pipeline
+from minisd.schedulers import make_scheduler
+
+# (scheduler, timestep spacing, guidance scale)
+CANDIDATES = [
+    ("ddim", "trailing", 7.5),
+    ("ddim", "leading", 7.5),
+    ("pndm", "leading", 7.5),
+    ("dpmpp_2m", "trailing", 7.5),
+    ("euler", "trailing", 7.5),
+    ("ddim", "trailing", 4.0),
+    ("ddim", "trailing", 12.0),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", help="model folder (default: minisd-tiny)")
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    pipe = load_pipeline(args.weights)
+    shipped = pipe.scheduler
+    print("| sampler | guidance | colour | shape | position | two shapes right | relation |")
+    print("|---|---|---|---|---|---|---|")
+    for name, spacing, guidance in CANDIDATES:
+        start = time.perf_counter()
+        pipe.scheduler = make_scheduler(name, dataclasses.replace(shipped.config, timestep_spacing=spacing))
+        accuracy, _ = evaluate(pipe, args.seeds, guidance_scale=guidance)
+        cells = [accuracy[k] for k in ("single colour", "single shape", "single position", "pair both")]
+        cells.append(accuracy["pair relation"])
+        row = " | ".join(f"{100 * c:.1f}%" for c in cells)
+        print(f"| {name}, {spacing} | {guidance} | {row} |  ({time.perf_counter() - start:.0f} s)", flush=True)
+    pipe.scheduler = shipped
+
+
+if __name__ == "__main__":
+    main()
