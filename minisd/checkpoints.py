@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pickle
 import re
 from collections.abc import Callable
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -46,23 +46,84 @@ class LightningObject:
 LIGHTNING_OBJECTS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
 
 
-def read_weights(path: str | Path, prefixes: tuple[str, ...] | None = None) -> StateDict:
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def safetensors_header(path: Path) -> tuple[int, dict[str, dict]]:
+    """Where a .safetensors file's data begins, and its header: {name: {dtype, shape, data_offsets}}.
+
+    The format: 8 bytes (little-endian header length n), n bytes of JSON, then the tensors' bytes. Every entry
+    is checked against the file's size, so that a damaged file is refused before anything is read.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size < 8:
+                raise ValueError(f"{size} bytes, too short for a header")
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError(f"header too large: {n:,} bytes declared, the file has {size:,}")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        for key, spec in header.items():
+            start, end = spec["data_offsets"]
+            if not all(type(v) is int and v >= 0 for v in (start, end, *spec["shape"])):
+                raise ValueError(f"tensor {key!r} has a shape or offsets that are not whole numbers")
+            count = math.prod(spec["shape"])
+            item = SAFETENSORS_DTYPES[spec["dtype"]].itemsize
+            if not 0 <= start <= end <= size - 8 - n or end - start != count * item:
+                raise ValueError(f"tensor {key!r} lies outside the file or has the wrong length")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # json errors are ValueErrors
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e!r:.200}); re-download it") from e
+    return 8 + n, header
+
+
+def read_safetensors(path: Path, wanted: Callable[[str], bool], dtype: torch.dtype | None) -> StateDict:
+    """The wanted tensors, read one by one with plain reads and each cast to ``dtype`` (floats only) as it
+    arrives: loading holds the model's weights once, with neither a memory map of the file nor a copy of
+    its fp16 tensors beside their fp32 casts."""
+    begin, header = safetensors_header(path)
+    state = {}
+    with open(path, "rb") as f:
+        for key, spec in header.items():
+            if not wanted(key):
+                continue
+            start, end = spec["data_offsets"]
+            f.seek(begin + start)
+            stored = SAFETENSORS_DTYPES[spec["dtype"]]
+            data = bytearray(f.read(end - start))
+            tensor = torch.frombuffer(data, dtype=stored) if data else torch.empty(0, dtype=stored)
+            tensor = tensor.reshape(spec["shape"])
+            state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    return state
+
+
+def read_weights(
+    path: str | Path, prefixes: tuple[str, ...] | None = None, dtype: torch.dtype | None = None
+) -> StateDict:
     """The tensors of a ``.safetensors`` file or a pickled checkpoint (read with ``weights_only=True``).
 
     With ``prefixes``, only the keys that start with one of them: a .safetensors file then reads just those
     tensors, and a pickle is memory-mapped, so that loading three components from one 4 GB file does not
-    hold it in memory three times.
+    hold it in memory three times. With ``dtype``, floating-point tensors are cast to it as they are read.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; check the path to the weights")
     wanted = (lambda k: True) if prefixes is None else (lambda k: k.startswith(prefixes))
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(path, framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}  # noqa: SIM118 (not a mapping)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download it") from e
+        return read_safetensors(path, wanted, dtype)
     if path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path}: unknown weights format {path.suffix!r}; use .safetensors (preferred) or .ckpt/.pt/.bin"
@@ -86,7 +147,8 @@ def read_weights(path: str | Path, prefixes: tuple[str, ...] | None = None) -> S
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a dict of tensors; it is not a model checkpoint")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and wanted(k)}
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and wanted(k)}
+    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def pickle_entry(path: Path, key: str):
@@ -449,7 +511,7 @@ def load_component(
         file = next((folder / f for f in layout.files if (folder / f).is_file()), None)
         if file is None:
             raise CheckpointError(f"{name}: no weights in {folder}; expected one of {', '.join(layout.files)}")
-        state = read_weights(file)
+        state = read_weights(file, dtype=dtype)
         state = FROM_DIFFUSERS.get(name, lambda s: s)(state)
         source = str(file)
     else:
@@ -458,7 +520,7 @@ def load_component(
         # holds its text encoder in OpenCLIP's layout instead.
         prefixes = (layout.compvis_prefix,) + (("model_ema.",) if state_filter is not None else ())
         prefixes += (OPENCLIP_PREFIX,) if name == "text_encoder" else ()
-        state = read_weights(path, prefixes)
+        state = read_weights(path, prefixes, dtype)
         if state_filter is not None:
             state = state_filter(state)
         openclip = strip_prefix(state, OPENCLIP_PREFIX)
@@ -505,20 +567,6 @@ def check_keys(name: str, source: str, model: nn.Module, state: StateDict, show:
         )
 
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
 def tensor_specs(file: Path) -> StateDict:
     """Every tensor of a file as an empty tensor of its shape and dtype on the meta device.
 
@@ -526,12 +574,8 @@ def tensor_specs(file: Path) -> StateDict:
     """
     if file.suffix != ".safetensors":
         return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in read_weights(file).items()}
-    try:
-        with safe_open(file, framework="pt") as f:
-            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-            return {
-                k: torch.empty(s.get_shape(), dtype=SAFETENSORS_DTYPES.get(s.get_dtype()), device="meta")
-                for k, s in slices.items()
-            }
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({e}); re-download it") from e
+    _, header = safetensors_header(file)
+    return {
+        k: torch.empty(spec["shape"], dtype=SAFETENSORS_DTYPES[spec["dtype"]], device="meta")
+        for k, spec in header.items()
+    }

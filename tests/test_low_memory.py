@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from minisd import load_pipeline, shapes
+from minisd.checkpoints import read_weights
 from minisd.cli import main
 
 from .conftest import max_rel_err
@@ -84,3 +89,30 @@ def test_cli_flags(folder, tmp_path):
     assert main([*common, *flags, "--out", str(out)]) == 0 and out.is_file()
     assert main([*common, "--vae-tile", "0", "--out", str(tmp_path / "y.png")]) == 2
     assert not (tmp_path / "y.png").exists()
+
+
+LOAD_AND_MEASURE = """
+import resource, sys, torch
+from minisd.checkpoints import read_weights
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+state = read_weights(sys.argv[1], dtype=torch.float32)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert all(t.dtype == torch.float32 for t in state.values())
+print((after - before) * 1024)
+"""
+
+
+def test_loading_fp16_weights_as_fp32_holds_them_once(tmp_path):
+    """Peak memory of reading 200 MB of fp32 weights from fp16 storage: the fp32 tensors and little more
+    (no memory map of the file, no fp16 copy beside the fp32 one)."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"w{i}": torch.randn(2_500_000, generator=generator).half() for i in range(20)}  # 100 MB fp16
+    save_file(tensors, tmp_path / "w.safetensors")
+    fp32_bytes = 4 * sum(t.numel() for t in tensors.values())
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_MEASURE, str(tmp_path / "w.safetensors")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) <= 1.2 * fp32_bytes
+    state = read_weights(tmp_path / "w.safetensors", dtype=torch.float32)
+    assert all(torch.equal(state[k], t.float()) for k, t in tensors.items())
