@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -184,11 +183,6 @@ def write_models(folder: Path, quick: bool) -> tuple[Path, Path]:
     return folder / "folder", folder / "model.safetensors"
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def child(job: str, engine: str, path: str, dtype: str, size: int, steps: int) -> dict:
     """In a fresh process: one load or one generation; seconds and peak memory growth (MiB)."""
     torch_dtype = DTYPES[dtype]
@@ -199,17 +193,19 @@ def child(job: str, engine: str, path: str, dtype: str, size: int, steps: int) -
         diffusers.utils.logging.disable_progress_bar()
     else:
         import minisd
-    base = rss_mib()
-    start = time.perf_counter()
     if job == "load":  # the configs from the diffusers folder beside the file, for both
         folder = str(Path(path).parent / "folder")
-        if engine == "minisd":
-            minisd.load_pipeline(path, config=folder)
-        else:
-            diffusers.StableDiffusionPipeline.from_single_file(path, config=folder, local_files_only=True)
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base  # KiB on Linux
-        return {"seconds": seconds, "peak_mib": peak}
+
+        def load():
+            if engine == "minisd":
+                return minisd.load_pipeline(path, config=folder)
+            return diffusers.StableDiffusionPipeline.from_single_file(path, config=folder, local_files_only=True)
+
+        # Sampled from /proc, not ru_maxrss: a child's ru_maxrss starts at its parent's resident size at the
+        # fork (Linux keeps the high-water mark across exec), which here was the parent's 8 GB of models.
+        start = time.perf_counter()
+        peak = peak_memory_mib(load)
+        return {"seconds": time.perf_counter() - start, "peak_mib": peak}
     if engine == "minisd":
         pipe = minisd.load_pipeline(path, dtype=torch_dtype)
 

@@ -3,10 +3,12 @@
 The recipe of Rombach et al. 2022, at a size a laptop trains in under an hour:
 
 1. **The VAE** learns to compress a 64×64 picture to a 4×16×16 latent and back: reconstruction loss plus a
-   small KL term that keeps q(z|x) close to N(0, I), so that the latent space has no holes.
+   small KL term that keeps q(z|x) close to N(0, I), so that the latent space has no holes. q(z|x) starts
+   nearly deterministic (``VAE_INIT_LOGVAR``), so that the decoder does not first learn to blur noise.
 2. **The scaling factor**: the latents' standard deviation, measured on the data, so that the UNet sees
    latents of unit variance (SD measured 0.18215 the same way).
-3. **The text encoder and the UNet**, together, on the frozen VAE's scaled latents, with the ε objective
+3. **The text encoder and the UNet**, together, on the frozen VAE's scaled latents (a pool of pictures
+   encoded once, ``LatentPool``), with the ε objective
    (Ho et al. 2020, eq. 14)::
 
        L = ‖ε − ε_θ(√ᾱ_t·z0 + √(1 − ᾱ_t)·ε, t, text)‖²,    t ~ p(t),  ε ~ N(0, I)
