@@ -118,11 +118,20 @@ class CLIPEncoderLayer(nn.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
+def embedding(n: int, width: int) -> nn.Embedding:
+    """nn.Embedding with its N(0, 1) init, drawn only off the meta device: ``load_component`` builds models on
+    meta, where ``normal_`` alone imports torch._dynamo, a second of every cold start (measured)."""
+    weight = torch.empty(n, width)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(n, width, _weight=weight)
+
+
 class CLIPEmbeddings(nn.Module):
     def __init__(self, cfg: CLIPTextConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_embedding = embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embedding = embedding(cfg.max_position_embeddings, cfg.hidden_size)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # Position ids are always 0..n-1 as int64. Checkpoints that store them (some as floats) are ignored.

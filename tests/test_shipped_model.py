@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -15,6 +17,18 @@ from minisd.demo import CAPTIONS, run_demo
 from minisd.pipeline import SHIPPED_MODEL
 
 from .conftest import max_rel_err
+
+
+def test_the_cold_path_imports_no_compiler():
+    """Loading and one step import neither torch._dynamo (a second of every cold start: ``normal_`` on the meta
+    device pulls it in, see clip.embedding) nor the references."""
+    code = (
+        "import sys, minisd; minisd.load_pipeline().text_to_image('a red circle', steps=1, progress=False); "
+        "print(sorted(m for m in ('torch._dynamo', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 def test_it_is_found_and_small():
