@@ -52,7 +52,7 @@ from .clip import CLIPTextConfig, CLIPTextModel
 from .schedulers import make_scheduler
 from .tokenizer import load_tokenizer
 from .unet import UNet2DConditionModel, UNetConfig
-from .vae import AutoencoderKL, VAEConfig
+from .vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 
 # The shipped model's networks: SD1.x's structure at a fraction of its width.
 TEXT = CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4)
@@ -182,22 +182,20 @@ class LatentPool:
     """
 
     def __init__(self, vae: AutoencoderKL, seeds, n: int, device: torch.device, chunk: int = 256):
-        means, stds, self.captions = [], [], []
+        moments, self.captions = [], []
         with torch.no_grad(), autocast(device):
             for i in range(math.ceil(n / chunk)):
                 x, captions = shapes.batch(seeds(i), min(chunk, n - i * chunk))
                 posterior = vae.encode(x.to(device))
-                means.append(posterior.mean.float())
-                stds.append(posterior.std.float())
+                moments.append(torch.cat([posterior.mean, posterior.logvar], dim=1).float())
                 self.captions += captions
-        self.mean, self.std = torch.cat(means), torch.cat(stds)  # (n, 4, h, w) each
+        self.moments = torch.cat(moments)  # (n, 2·4, h, w): q(z|x)'s mean and log-variance, as quant_conv gives them
         self.vae = vae
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-        """n scaled latents z0 = scaling_factor · (μ + σ·ε) of pictures drawn from the pool, and their captions."""
-        index = torch.randint(len(self.mean), (n,), generator=generator)
-        noise = torch.randn(self.mean[index].shape, generator=generator).to(self.mean.device)
-        z0 = self.vae.scale_latents(self.mean[index] + self.std[index] * noise)
+        """n scaled latents z0 ~ q(z|x) of pictures drawn from the pool, and their captions."""
+        index = torch.randint(len(self.moments), (n,), generator=generator)
+        z0 = self.vae.scale_latents(DiagonalGaussian(self.moments[index]).sample(generator))
         return z0, [self.captions[i] for i in index]
 
 

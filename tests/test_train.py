@@ -90,14 +90,15 @@ def test_two_processes_with_torchrun(tmp_path):
 def test_the_latent_pool_holds_each_pictures_posterior_and_caption(tmp_path):
     trainer = Trainer(Settings.quick(tmp_path))
     pool = LatentPool(trainer.vae, lambda i: 1000 + i, 6, trainer.device, chunk=4)
-    assert pool.mean.shape == pool.std.shape == (6, 4, 16, 16)
+    assert pool.moments.shape == (6, 8, 16, 16)
     assert pool.captions == shapes.batch(1000, 4)[1] + shapes.batch(1001, 2)[1]
     z0, captions = pool.sample(5, torch.Generator().manual_seed(0))
     index = torch.randint(6, (5,), generator=torch.Generator().manual_seed(0))
     assert captions == [pool.captions[i] for i in index]
     assert z0.shape == (5, 4, 16, 16)
     # z0 = scaling_factor · (μ + σ·ε): within a few σ of the scaled mean
-    distance = (z0 / trainer.vae.config.scaling_factor - pool.mean[index]) / pool.std[index]
+    mean, logvar = pool.moments[index].chunk(2, dim=1)
+    distance = (z0 / trainer.vae.config.scaling_factor - mean) / (0.5 * logvar).exp()
     assert distance.abs().max() < 6 and distance.std() > 0.5
 
 
