@@ -298,9 +298,7 @@ def main() -> None:
     rows = bench_networks(args.quick, args.repeats)
     rows += bench_processes(args.quick, args.repeats)
     rows.append(bench_cold_start(args.repeats))
-    gpu = "GPU: none on this machine, so the GPU rows (fp16, SDPA, torch.compile) were not measured."
-    if torch.cuda.is_available():
-        gpu = "GPU: present, but this script measures the CPU; see benchmarks/device_check.py."
+    gpu = "GPU rows (fp16, SDPA, torch.compile): `benchmarks/gpu_bench.py` on a GPU machine, RESULTS_GPU.md."
     command = " ".join(["python", *sys.argv])
     quick = " (QUICK: tiny sizes, not a measurement)" if args.quick else ""
     text = (

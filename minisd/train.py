@@ -214,8 +214,8 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
-            self.shadow[k].lerp_(v.float(), 1 - d)
+        weights = [v.float() for v in model.state_dict().values()]  # the shadow's order: it was made from this
+        torch._foreach_lerp_(list(self.shadow.values()), weights, 1 - d)  # one kernel launch per group, on a GPU
 
 
 class Trainer:

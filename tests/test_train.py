@@ -12,7 +12,7 @@ import torch
 
 import minisd
 from minisd import shapes
-from minisd.train import VAE_INIT_LOGVAR, LatentPool, Settings, Trainer, train
+from minisd.train import EMA, VAE_INIT_LOGVAR, LatentPool, Settings, Trainer, VAELoss, train
 
 pytestmark = pytest.mark.xdist_group("train")  # the torchrun test wants both cores
 
@@ -109,3 +109,26 @@ def test_the_vae_posterior_starts_nearly_deterministic(tmp_path):
     with torch.no_grad():
         posterior = vae.encode(x)
     assert posterior.logvar.mean() == pytest.approx(VAE_INIT_LOGVAR, abs=1.0)
+
+
+def test_the_ema_follows_the_weights_by_its_formula():
+    """θ_ema ← d·θ_ema + (1 − d)·θ for every tensor, d warming up as (1 + n)/(10 + n)."""
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    d = min(0.9, 2 / 11)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ema.shadow[name], d * before[name] + (1 - d) * value)
+
+
+def test_the_vae_loss_is_the_mean_squared_error_plus_the_kl_per_pixel_value(tmp_path):
+    vae = Trainer(Settings.quick(tmp_path)).vae
+    x, _ = shapes.batch(0, 2)
+    loss = VAELoss(vae, kl_weight=0.5)(x, torch.Generator().manual_seed(0))
+    posterior = vae.encode(x)
+    y = vae.decode(posterior.sample(torch.Generator().manual_seed(0)))
+    kl = 0.5 * (posterior.mean**2 + posterior.logvar.exp() - 1 - posterior.logvar).sum()
+    torch.testing.assert_close(loss, (y - x).pow(2).mean() + 0.5 * kl / x.numel())
