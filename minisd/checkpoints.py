@@ -89,6 +89,11 @@ def safetensors_header(path: Path) -> tuple[int, dict[str, dict]]:
     return 8 + n, header
 
 
+def cast_floats(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` in ``dtype`` if it holds floats and a dtype is given (integer buffers keep theirs)."""
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
 def read_safetensors(path: Path, wanted: Callable[[str], bool], dtype: torch.dtype | None) -> StateDict:
     """The wanted tensors, read one by one with plain reads and each cast to ``dtype`` (floats only) as it
     arrives: loading holds the model's weights once, with neither a memory map of the file nor a copy of
@@ -102,10 +107,11 @@ def read_safetensors(path: Path, wanted: Callable[[str], bool], dtype: torch.dty
             start, end = spec["data_offsets"]
             f.seek(begin + start)
             stored = SAFETENSORS_DTYPES[spec["dtype"]]
-            data = bytearray(f.read(end - start))
+            data = bytearray(end - start)
+            f.readinto(data)  # straight into the tensor's buffer: no bytes object to copy from
             tensor = torch.frombuffer(data, dtype=stored) if data else torch.empty(0, dtype=stored)
             tensor = tensor.reshape(spec["shape"])
-            state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            state[key] = cast_floats(tensor, dtype)
     return state
 
 
@@ -148,7 +154,7 @@ def read_weights(
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a dict of tensors; it is not a model checkpoint")
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and wanted(k)}
-    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in tensors.items()}
+    return {k: cast_floats(v, dtype) for k, v in tensors.items()}
 
 
 def pickle_entry(path: Path, key: str):
