@@ -1,4 +1,4 @@
-"""Which sampler should a model ship with? Every candidate measured on the held-out captions, side by side.
+"""Which sampler and guidance scale should a model ship with? Each candidate measured on the held-out captions.
 
 Each row is a scheduler config the model folder could ship (class and timestep spacing) at a guidance scale;
 the first seeds of ``eval_shapes`` are generated with it and read back by ``shapes.analyse``. The model card's
@@ -18,15 +18,15 @@ from eval_shapes import evaluate
 from minisd import load_pipeline
 from minisd.schedulers import make_scheduler
 
-# (scheduler, timestep spacing, guidance scale)
+# (scheduler, timestep spacing, guidance scale): the model's sampler at several scales, the others at one
 CANDIDATES = [
-    ("ddim", "trailing", 7.5),
-    ("ddim", "leading", 7.5),
+    ("pndm", "leading", 2.0),
+    ("pndm", "leading", 2.5),
+    ("pndm", "leading", 3.0),
     ("pndm", "leading", 7.5),
-    ("dpmpp_2m", "trailing", 7.5),
-    ("euler", "trailing", 7.5),
-    ("ddim", "trailing", 4.0),
-    ("ddim", "trailing", 12.0),
+    ("ddim", "trailing", 2.5),
+    ("dpmpp_2m", "trailing", 2.5),
+    ("euler", "trailing", 2.5),
 ]
 
 

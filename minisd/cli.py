@@ -262,7 +262,12 @@ def add_generation_flags(p: argparse.ArgumentParser, default_steps: int) -> None
     p.add_argument("--config", help="for a single file of another shape than SD1.x: its diffusers folder")
     p.add_argument("--steps", type=int, default=default_steps)
     p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the model's own")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (≤ 1: off); default: the model's, 7.5 unless its folder's "
+        "generation_defaults.json says otherwise",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic)")
     p.add_argument("--num-images", type=int, default=1)

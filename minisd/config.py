@@ -107,3 +107,22 @@ def _type_advice(hint: Any) -> str:
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     return "use " + " or ".join(words.get(a, "a list" if typing.get_origin(a) is list else str(a)) for a in args)
+
+
+@dataclasses.dataclass
+class GenerationDefaults(JsonConfig):
+    """A model's own defaults for generating, from ``generation_defaults.json`` in its folder: minisd's file,
+    which diffusers does not read (its users pass these values themselves). Without the file, SD's.
+
+    A small model may want other settings than SD's: minisd-tiny's pictures fall apart at guidance 7.5 (its
+    model card measures why), so its folder says 2.5.
+    """
+
+    guidance_scale: float = 7.5
+
+    FILE: ClassVar[str] = "generation_defaults.json"
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> GenerationDefaults:
+        path = Path(folder) / cls.FILE
+        return cls.from_json(path) if path.is_file() else cls()

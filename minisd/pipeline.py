@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import tensor_specs
 from .clip import CLIPTextConfig, CLIPTextModel, load_text_encoder
-from .config import CheckpointError
+from .config import CheckpointError, GenerationDefaults
 from .inpainting import blend_known_region, mask_latent, mask_tensor, picture_tensor
 from .layers import Attention
 from .schedulers import DDIM, Scheduler, load_scheduler, make_scheduler
@@ -91,9 +91,11 @@ class StableDiffusion:
         scheduler: Scheduler,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        defaults: GenerationDefaults | None = None,
     ):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler = scheduler
+        self.defaults = defaults or GenerationDefaults()  # what a job's guidance_scale=None stands for
         self.device, self.dtype = torch.device(device), dtype
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 8: pixels per latent pixel
         self.vae_tile: int | None = None  # see set_low_memory
@@ -238,7 +240,7 @@ class StableDiffusion:
         prompt: str | list[str],
         negative_prompt: str | list[str] = "",
         steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         scheduler: str | None = None,
         seed: int | None = 0,
         height: int | None = None,
@@ -258,6 +260,7 @@ class StableDiffusion:
 
         x = randn((len(prompts), self.unet.config.in_channels, h, w), generator, self.device, self.dtype)
         x = x * sched.init_noise_sigma  # x_T ~ N(0, σ_max²)
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
         cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
         loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator)
         return self.run(loop, x, len(timesteps), trace, on_step, progress)
@@ -270,7 +273,7 @@ class StableDiffusion:
         strength: float = 0.8,
         negative_prompt: str | list[str] = "",
         steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         scheduler: str | None = None,
         seed: int | None = 0,
         eta: float = 0.0,
@@ -289,6 +292,7 @@ class StableDiffusion:
         x0 = self.encode_image(pixels, generator).expand(len(prompts), -1, -1, -1)  # (B, 4, h, w)
         noise = randn(x0.shape, generator, self.device, self.dtype)
         x = sched.add_noise(x0, noise, timesteps[:1].repeat(len(prompts)))  # q(x_t | x_0) at the first t kept
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
         cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
         loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator)
         return self.run(loop, x, len(timesteps), trace, on_step, progress)
@@ -302,7 +306,7 @@ class StableDiffusion:
         strength: float = 1.0,
         negative_prompt: str | list[str] = "",
         steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         scheduler: str | None = None,
         seed: int | None = 0,
         height: int | None = None,
@@ -340,6 +344,7 @@ class StableDiffusion:
         x = noise * sched.init_noise_sigma if strength == 1 else sched.add_noise(x0, noise, timesteps[:1].repeat(B))
         masked = self.encode_image(pixels * (m < 0.5), generator).expand(B, -1, -1, -1)  # (B, 4, h, w)
         m = mask_latent(m, h, w).expand(B, -1, -1, -1)  # (B, 1, h, w)
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
         cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale)
         extra = torch.cat([m, masked], dim=1) if nine else None  # (B, 5, h, w)
         loop = self.denoise(x, sched, timesteps, cond, uncond, guidance_scale, generator, extra)
@@ -540,4 +545,5 @@ def load_pipeline(
             raise
         variant = detect(tensor_specs(path))
         raise CheckpointError(f"{e} (The file is {variant}: give a config folder of that family, or none.)") from e
-    return StableDiffusion(tokenizer, *networks, scheduler, device, dtype)
+    defaults = GenerationDefaults.of_folder(configs or path) if (configs or path).is_dir() else None
+    return StableDiffusion(tokenizer, *networks, scheduler, device, dtype, defaults)

@@ -12,7 +12,19 @@ import torch
 
 import minisd
 from minisd import shapes
-from minisd.train import EMA, VAE_INIT_LOGVAR, LatentPool, Settings, Trainer, VAELoss, train
+from minisd.schedulers import make_scheduler
+from minisd.train import (
+    EMA,
+    SHIPPED_GUIDANCE,
+    VAE_INIT_LOGVAR,
+    LatentPool,
+    Settings,
+    Trainer,
+    VAELoss,
+    eps_loss,
+    sample_timesteps,
+    train,
+)
 
 pytestmark = pytest.mark.xdist_group("train")  # the torchrun test wants both cores
 
@@ -30,8 +42,11 @@ def test_quick_training_writes_a_model_minisd_and_diffusers_load(quick_model):
     from diffusers import StableDiffusionPipeline
 
     reference = StableDiffusionPipeline.from_pretrained(quick_model, safety_checker=None)
+    assert pipe.defaults.guidance_scale == SHIPPED_GUIDANCE  # the folder's generation_defaults.json, minisd's own
+    generator = torch.Generator().manual_seed(0)
+    guidance = pipe.defaults.guidance_scale  # diffusers does not read that file: its users pass the scale
     theirs = reference(
-        "a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent"
+        "a red circle", num_inference_steps=3, guidance_scale=guidance, generator=generator, output_type="latent"
     )
     assert ((ours.latents - theirs.images).abs().max() / theirs.images.abs().max()) <= 1e-4
     training = json.loads((quick_model / "training.json").read_text())
@@ -132,3 +147,20 @@ def test_the_vae_loss_is_the_mean_squared_error_plus_the_kl_per_pixel_value(tmp_
     y = vae.decode(posterior.sample(torch.Generator().manual_seed(0)))
     kl = 0.5 * (posterior.mean**2 + posterior.logvar.exp() - 1 - posterior.logvar).sum()
     torch.testing.assert_close(loss, (y - x).pow(2).mean() + 0.5 * kl / x.numel())
+
+
+def test_the_eps_loss_weights_each_sample_by_one_minus_alpha_bar():
+    """L = mean over the batch of (1 − ᾱ_t)·‖ε − ε_θ(z_t, t)‖², with t, ε and z_t drawn as the docstring says."""
+
+    class Zero(torch.nn.Module):  # predicts ε = 0, so each sample's error is the mean of ε²
+        def forward(self, zt, t, ids):
+            return torch.zeros_like(zt)
+
+    scheduler, z0 = make_scheduler("ddpm"), torch.randn(6, 4, 8, 8)
+    loss = eps_loss(Zero(), scheduler, None, z0, torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)
+    t = sample_timesteps(6, replay)
+    noise = torch.randn(z0.shape, generator=replay)
+    expected = ((1 - scheduler.alphas_cumprod[t]) * noise.pow(2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(loss, expected)
+    assert (t >= 700).sum() >= 3  # half of the timesteps come from the high-noise end
