@@ -106,8 +106,9 @@ class StableDiffusion:
     ) -> StableDiffusion:
         """Trade time for memory. ``attention_chunk``: every attention layer attends that many queries at a
         time (the same result). ``vae_tile``: decode latent tiles of that side (64: 512 pixels) one at a time
-        (slightly different pictures: AutoencoderKL.decode_tiled). ``drop_text_encoder``: free the text encoder
-        once the first prompts are encoded (a one-shot generation; the next prompt needs a new pipeline)."""
+        (the same pictures, in several times the time: AutoencoderKL.decode_tiled). ``drop_text_encoder``: free
+        the text encoder once the first prompts are encoded (a one-shot generation; the next prompt needs a new
+        pipeline)."""
         for module in self.unet.modules():
             if isinstance(module, Attention):
                 module.query_chunk = attention_chunk
@@ -386,7 +387,8 @@ class StableDiffusion:
         channels, n = self.vae.config.block_out_channels, len(self.vae.config.block_out_channels)
         # Level i runs at 2^(n−1−i) times the latent's side; what is upsampled into it has level i+1's channels.
         largest = max(channels[min(i + 1, n - 1)] * 4 ** (n - 1 - i) for i in range(n))  # per latent pixel
-        tile = self.vae_tile or max(h, w)  # a tiled decode holds one tile at a time
+        # A tiled decode holds one tile at a time, read with the decoder's reach around it
+        tile = self.vae_tile + 2 * self.vae.decoder.reach() if self.vae_tile else max(h, w)
         needed = 3 * 4 * batch * largest * min(h, tile) * min(w, tile)  # three live fp32 tensors
         available = device_memory(self.device)
         if available and needed > available:

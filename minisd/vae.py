@@ -16,6 +16,10 @@ Module names follow ``diffusers.AutoencoderKL``; ``checkpoints.py`` maps the Com
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -172,10 +176,25 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.mid_block(self.conv_in(z))
+        return self.upward(self.middle(z))
+
+    def middle(self, z: torch.Tensor) -> torch.Tensor:
+        """The part at the latent's size: conv_in and the mid block (its attention sees every position)."""
+        return self.mid_block(self.conv_in(z))
+
+    def upward(self, x: torch.Tensor) -> torch.Tensor:
+        """The up blocks and the output head: where the decoder's memory goes (its largest activations)."""
         for block in self.up_blocks:
             x = block(x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+    def reach(self) -> int:
+        """How many latent pixels beyond a tile's edge ``upward`` reads: each 3×3 conv reaches one pixel further
+        at its own scale (the up blocks at 1, 2, 4, … pixels per latent pixel; an up-sampler's conv at the next)."""
+        reach = 0.0
+        for i, block in enumerate(self.up_blocks):
+            reach += 2 * len(block.resnets) / 2**i + (1 / 2 ** (i + 1) if block.upsamplers else 0)
+        return math.ceil(reach + 1 / 2 ** (len(self.up_blocks) - 1))  # + conv_out
 
 
 class DiagonalGaussian:
@@ -244,55 +263,118 @@ class AutoencoderKL(nn.Module):
         return self.decoder(self.post_quant_conv(z.to(self.dtype)))
 
     def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int | None = None) -> torch.Tensor:
-        """``decode`` tile by tile: latent tiles of ``tile``² sharing ``overlap`` (default tile/4) with each
-        neighbour, decoded one at a time and cross-faded linearly there. Peak memory: one tile's decode.
+        """``decode`` with its full-size part run one latent tile of ``tile``² at a time: the same picture (to float
+        rounding), with the peak memory of one tile's up path instead of the whole picture's.
 
-        Not bit-equal to ``decode``: each tile's GroupNorms and mid-block attention see only that tile, so
-        the pictures differ slightly everywhere, most at the seams (tests/test_vae.py measures it).
+        Two things tie a pixel to the rest of the picture. A 3×3 convolution near a tile's edge reads beyond it:
+        each tile is decoded with ``overlap`` extra latent pixels on every side (default ``Decoder.reach``, the
+        least that makes its inside exact), which are then cut off. And a GroupNorm normalises by statistics over
+        the whole picture: those are gathered over all tiles first, one pass over the tiles per GroupNorm of the
+        up path, each pass stopping at that norm (``_TileNorms``). So memory is bought with time: about half as
+        many decodes of the up path as it has GroupNorms (13 for SD's decoder). The latent-size part (conv_in and
+        the mid block with its attention) runs on the whole latent: it is small.
         """
-        h, w = z.shape[-2:]
-        overlap = tile // 4 if overlap is None else overlap
-        if not 0 <= overlap < tile:
-            raise ValueError(f"a tile of {tile} latent pixels cannot overlap its neighbour by {overlap}")
-        if h <= tile and w <= tile:
-            return self.decode(z)
-        f = 2 ** (len(self.config.block_out_channels) - 1)  # pixels per latent pixel
-        stride = tile - overlap
-        out = weight = None
-        for top in _starts(h, tile, stride):
-            for left in _starts(w, tile, stride):
-                piece = self.decode(z[..., top : top + tile, left : left + tile])  # (B, 3, f·tile, f·tile)
-                ramp = _ramp(piece.shape[-2], f * overlap, top > 0, top + tile < h)[:, None]
-                ramp = (ramp * _ramp(piece.shape[-1], f * overlap, left > 0, left + tile < w)[None, :]).to(piece)
-                if out is None:
-                    out = piece.new_zeros(*piece.shape[:2], f * h, f * w)
-                    weight = piece.new_zeros(f * h, f * w)
-                rows, cols = slice(f * top, f * top + piece.shape[-2]), slice(f * left, f * left + piece.shape[-1])
-                out[..., rows, cols] += piece * ramp
-                weight[rows, cols] += ramp
-        return out / weight
+        if self.dtype == torch.float16 and self.config.force_upcast:  # in fp32, as decode does (a copy of the VAE)
+            return copy.deepcopy(self).float().decode_tiled(z.float(), tile, overlap).half()
+        x = self.decoder.middle(self.post_quant_conv(z.to(self.dtype)))  # (B, C, h, w)
+        h, w = x.shape[-2:]
+        margin = self.decoder.reach() if overlap is None else overlap
+        tiles = [_Tile(top, left, tile, margin, h, w) for top in range(0, h, tile) for left in range(0, w, tile)]
+        norms = _TileNorms([m for m in (*self.decoder.up_blocks.modules(), self.decoder.conv_norm_out)
+                            if isinstance(m, nn.GroupNorm)])  # fmt: skip
+        with norms:
+            while not norms.complete:  # gather the next GroupNorm's statistics over all tiles
+                for t in tiles:
+                    norms.run(self.decoder.upward, x[..., t.rows, t.cols], t)
+                norms.finish_gathering()
+            f = 2 ** (len(self.config.block_out_channels) - 1)  # pixels per latent pixel
+            out = x.new_empty(len(x), self.config.out_channels, f * h, f * w)
+            for t in tiles:
+                piece = t.inside(norms.run(self.decoder.upward, x[..., t.rows, t.cols], t))  # (B, 3, f·height, f·width)
+                out[..., f * t.top : f * (t.top + t.height), f * t.left : f * (t.left + t.width)] = piece
+        return out
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Encode, sample, decode: a round trip through latent space."""
         return self.decode(self.encode(images).sample(generator))
 
 
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile origins covering 0..size: every ``stride``, the last one flush with the end."""
-    starts = list(range(0, max(size - tile, 0) + 1, stride))
-    return starts if starts[-1] + tile >= size else [*starts, size - tile]
+@dataclass
+class _Tile:
+    """A latent tile: its own rows and columns, and the slice read to decode it (``margin`` more on each side)."""
+
+    top: int
+    left: int
+    size: int
+    margin: int
+    h: int
+    w: int
+
+    def __post_init__(self):
+        self.height, self.width = min(self.size, self.h - self.top), min(self.size, self.w - self.left)
+        self.rows = slice(max(self.top - self.margin, 0), min(self.top + self.height + self.margin, self.h))
+        self.cols = slice(max(self.left - self.margin, 0), min(self.left + self.width + self.margin, self.w))
+
+    def inside(self, x: torch.Tensor) -> torch.Tensor:
+        """The tile's own part of ``x``, an activation of the slice read (at any scale of the latent)."""
+        f = x.shape[-2] // (self.rows.stop - self.rows.start)  # pixels per latent pixel at x's scale
+        top, left = f * (self.top - self.rows.start), f * (self.left - self.cols.start)
+        return x[..., top : top + f * self.height, left : left + f * self.width]
 
 
-def _ramp(n: int, overlap: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
-    """Weights along one side of a tile: rising over the first ``overlap`` pixels and falling over the last,
-    where a neighbouring tile shares them; 1 elsewhere."""
-    r = torch.ones(n)
-    fade = (torch.arange(overlap) + 0.5) / overlap
-    if fade_in:
-        r[:overlap] = fade
-    if fade_out:
-        r[n - overlap :] = fade.flip(0)
-    return r
+class _Stop(Exception):
+    """Ends a gathering pass at the GroupNorm whose statistics it came for."""
+
+
+class _TileNorms:
+    """Forward hooks on GroupNorms that make a tiled decode normalise as the whole picture does.
+
+    A pass runs one tile until the first norm whose statistics are not known yet: the known ones normalise with
+    the whole picture's (mean, var) per sample and group; the next one adds its input's sums over the tile's
+    own part, and stops the pass. ``finish_gathering`` turns the sums into that norm's statistics.
+    """
+
+    def __init__(self, norms: list[nn.GroupNorm]):
+        self.norms, self.stats, self.handles = norms, [], []
+        self.sums: list = [0, 0, 0]  # count, Σx, Σx² per sample and group, of the norm being gathered
+
+    @property
+    def complete(self) -> bool:
+        return len(self.stats) == len(self.norms)
+
+    def __enter__(self) -> _TileNorms:
+        self.handles = [n.register_forward_hook(self.hook) for n in self.norms]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def run(self, up: Callable, x: torch.Tensor, tile: _Tile) -> torch.Tensor | None:
+        """``up(x)`` for one tile: its output once every norm's statistics are known, else None."""
+        self.calls, self.tile = 0, tile
+        with contextlib.suppress(_Stop):  # a gathering pass ends at the norm being gathered
+            return up(x)
+        return None
+
+    def hook(self, norm: nn.GroupNorm, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+        i, self.calls = self.calls, self.calls + 1
+        x = inputs[0]
+        if i < len(self.stats):  # (x − μ)/√(σ² + ε)·γ + β, with the whole picture's μ and σ², into GroupNorm's output
+            mean, var = (s.to(x.dtype)[..., None, None, None] for s in self.stats[i])  # (B, G, 1, 1, 1)
+            groups = rearrange(output, "b (g c) h w -> b g c h w", g=norm.num_groups)
+            torch.sub(rearrange(x, "b (g c) h w -> b g c h w", g=norm.num_groups), mean, out=groups)
+            groups.mul_(torch.rsqrt(var + norm.eps))
+            return output.mul_(norm.weight[:, None, None]).add_(norm.bias[:, None, None])
+        own = rearrange(self.tile.inside(x).double(), "b (g c) h w -> b g (c h w)", g=norm.num_groups)
+        self.sums = [a + b for a, b in zip(self.sums, (own.shape[-1], own.sum(-1), own.pow(2).sum(-1)), strict=True)]
+        raise _Stop
+
+    def finish_gathering(self) -> None:
+        n, total, squares = self.sums
+        mean = total / n
+        self.stats.append((mean, squares / n - mean**2))  # σ² = E[x²] − E[x]², in float64
+        self.sums = [0, 0, 0]
 
 
 def load_vae(
