@@ -270,9 +270,9 @@ class AutoencoderKL(nn.Module):
         each tile is decoded with ``overlap`` extra latent pixels on every side (default ``Decoder.reach``, the
         least that makes its inside exact), which are then cut off. And a GroupNorm normalises by statistics over
         the whole picture: those are gathered over all tiles first, one pass over the tiles per GroupNorm of the
-        up path, each pass stopping at that norm (``_TileNorms``). So memory is bought with time: about half as
-        many decodes of the up path as it has GroupNorms (13 for SD's decoder). The latent-size part (conv_in and
-        the mid block with its attention) runs on the whole latent: it is small.
+        up path, each pass stopping at that norm (``_TileNorms``). So memory is bought with time: the passes add up
+        to about half as many up-path decodes as it has GroupNorms (25 in SD's decoder). The latent-size part
+        (conv_in and the mid block with its attention) runs on the whole latent: it is small.
         """
         if self.dtype == torch.float16 and self.config.force_upcast:  # in fp32, as decode does (a copy of the VAE)
             return copy.deepcopy(self).float().decode_tiled(z.float(), tile, overlap).half()
