@@ -274,6 +274,10 @@ class AutoencoderKL(nn.Module):
         to about half as many up-path decodes as it has GroupNorms (25 in SD's decoder). The latent-size part
         (conv_in and the mid block with its attention) runs on the whole latent: it is small.
         """
+        if tile < 1 or (overlap is not None and overlap < 0):
+            raise ValueError(f"tiles of {tile} latent pixels with a margin of {overlap}: use tile ≥ 1, overlap ≥ 0")
+        if z.shape[-2] <= tile and z.shape[-1] <= tile:  # one tile: nothing to gather
+            return self.decode(z)
         if self.dtype == torch.float16 and self.config.force_upcast:  # in fp32, as decode does (a copy of the VAE)
             return copy.deepcopy(self).float().decode_tiled(z.float(), tile, overlap).half()
         x = self.decoder.middle(self.post_quant_conv(z.to(self.dtype)))  # (B, C, h, w)
