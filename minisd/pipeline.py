@@ -547,5 +547,5 @@ def load_pipeline(
             raise
         variant = detect(tensor_specs(path))
         raise CheckpointError(f"{e} (The file is {variant}: give a config folder of that family, or none.)") from e
-    defaults = GenerationDefaults.of_folder(configs or path) if (configs or path).is_dir() else None
+    defaults = GenerationDefaults.of_folder(configs) if configs is not None else None  # a single file alone: SD's
     return StableDiffusion(tokenizer, *networks, scheduler, device, dtype, defaults)
