@@ -176,7 +176,7 @@ def train(args: argparse.Namespace) -> None:
     from .train import train as run_training
 
     settings = Settings.quick(Path(args.out), args.seed) if args.quick else Settings(Path(args.out), args.seed)
-    for name in ("vae_steps", "unet_steps"):
+    for name in ("vae_steps", "unet_steps", "decoder_steps"):
         if getattr(args, name) is not None:
             if getattr(args, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: need at least 1")
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, help="VAE training steps (default 1000)")
     p.add_argument("--unet-steps", type=int, help="text encoder + UNet training steps (default 2800)")
+    p.add_argument("--decoder-steps", type=int, help="steps of the VAE decoder's fine-tune (default 600)")
     p.add_argument("--quick", action="store_true", help="a few steps at a small batch: a smoke test")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.set_defaults(run=train)

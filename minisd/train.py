@@ -15,6 +15,12 @@ The recipe of Rombach et al. 2022, at a size a laptop trains in under an hour:
 
    10% of captions are dropped to "" so that one network also learns the unconditional ε that classifier-free
    guidance needs, and an exponential moving average of the weights is what ships.
+4. **The decoder again, alone.** The UNet's latents are never exactly the encoder's, and a decoder that has
+   only seen the encoder's outputs turns near misses into rounded squares and blunt triangles. With the
+   encoder frozen (so the latent space the UNet learned stays as it is), the decoder is fine-tuned on
+   z ~ q(z|x) plus noise of ``decoder_noise`` × the latents' spread (``DecoderLoss``). Stability AI fine-tuned
+   SD's decoder alone in the same way (sd-vae-ft-mse, on other data and without added noise), so that every
+   UNet trained on the old encoder's latents still works with it.
 
 **p(t), the lesson of SD's last timestep.** SD's noise schedule ends at ᾱ_999 ≈ 0.0047, so x_999 still holds
 √ᾱ ≈ 0.07 of the clean latent. A layout (a blob on the left) is a low-frequency signal: averaged over a region
@@ -100,8 +106,11 @@ class Settings:
     unet_steps: int = 2800
     vae_batch: int = 32
     batch: int = 64
+    decoder_steps: int = 600
     vae_lr: float = 1e-3
     lr: float = 1e-3
+    decoder_lr: float = 3e-4
+    decoder_noise: float = 0.3  # the decoder phase's latent noise, in units of the latents' spread (1/scaling)
     kl_weight: float = 1e-6  # on the KL summed over the latent, per pixel value: SD's weight for a summed loss
     caption_dropout: float = 0.1
     ema_decay: float = 0.998
@@ -111,7 +120,7 @@ class Settings:
     @classmethod
     def quick(cls, out: Path, seed: int = 0) -> Settings:
         """A few steps at a small batch: the whole pipeline of training runs, in seconds."""
-        return cls(out, seed, vae_steps=3, unet_steps=4, vae_batch=4, batch=4, pool=8, save_every=2)
+        return cls(out, seed, vae_steps=3, unet_steps=4, decoder_steps=2, vae_batch=4, batch=4, pool=8, save_every=2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,6 +166,21 @@ class VAELoss(nn.Module):
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum()  # KL(N(μ, σ²) ‖ N(0, 1)) = ½ Σ μ² + σ² − 1 − log σ²
         return F.mse_loss(reconstruction, x) + self.kl_weight * kl / x.numel()
+
+
+class DecoderLoss(nn.Module):
+    """The decoder phase's loss: mean squared error of decoding z ~ q(z|x) plus Gaussian noise of std ``noise``
+    (in the VAE's own latent units), the encoder frozen."""
+
+    def __init__(self, vae: AutoencoderKL, noise: float):
+        super().__init__()
+        self.vae, self.noise = vae, noise
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.vae.encode(x).sample(generator).float()
+        z = z + self.noise * torch.randn(z.shape, generator=generator).to(z.device)
+        return F.mse_loss(self.vae.decode(z).float(), x)
 
 
 class NoisePrediction(nn.Module):
@@ -255,12 +279,13 @@ class Trainer:
         self.scheduler = make_scheduler("ddpm")  # SD's noise schedule: scaled_linear 0.00085 … 0.012
         self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=settings.vae_lr)
         self.opt = torch.optim.AdamW([*self.text_encoder.parameters(), *self.unet.parameters()], lr=settings.lr)
+        self.decoder_opt = torch.optim.Adam(self.decoder_parameters(), lr=settings.decoder_lr)
         self.ema = {
             "text_encoder": EMA(self.text_encoder, settings.ema_decay),
             "unet": EMA(self.unet, settings.ema_decay),
         }
         self.phase, self.step, self.scaling_factor = "vae", 0, 1.0
-        self.losses: dict[str, list[float]] = {"vae": [], "unet": []}
+        self.losses: dict[str, list[float]] = {"vae": [], "unet": [], "decoder": []}
         self.seconds = 0.0
 
     @property
@@ -287,6 +312,10 @@ class Trainer:
             self.save_state()
         if self.phase == "unet":
             self.train_unet()
+            self.phase, self.step = "decoder", 0
+            self.save_state()
+        if self.phase == "decoder":
+            self.train_decoder()
             self.phase = "done"
             self.save_state()
 
@@ -334,6 +363,27 @@ class Trainer:
             self.ema["text_encoder"].update(self.text_encoder)
             self.ema["unet"].update(self.unet)
             self.after_step("unet", loss, bar, start)
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.vae.post_quant_conv.parameters(), *self.vae.decoder.parameters()]
+
+    def train_decoder(self) -> None:
+        self.vae.requires_grad_(False)  # the encoder stays as it was: the UNet learned its latent space
+        for p in self.decoder_parameters():
+            p.requires_grad_(True)
+        spread = 1 / self.scaling_factor  # the std of the VAE's latents (see measure_scaling_factor)
+        model = self.parallel(DecoderLoss(self.vae, self.s.decoder_noise * spread))
+        bar = self.progress(self.s.decoder_steps, "decoder")
+        while self.step < self.s.decoder_steps:
+            start = time.perf_counter()
+            seed = self.seed_of(10**6 + self.step)  # above the VAE phase's seeds: pictures that phase did not see
+            x, _ = shapes.batch(seed, self.s.vae_batch // self.world)
+            generator = torch.Generator().manual_seed(seed)
+            lr = self.s.decoder_lr * 0.5 * (1 + math.cos(math.pi * self.step / self.s.decoder_steps))
+            with autocast(self.device), manual_attention():
+                loss = model(x.to(self.device), generator)
+            self.optimise(self.decoder_opt, loss, lr, self.decoder_parameters())
+            self.after_step("decoder", loss, bar, start)
 
     # Plumbing of one step -------------------------------------------------------------------------------
 
@@ -385,6 +435,7 @@ class Trainer:
             "ema_updates": self.ema["unet"].updates,
             "vae_opt": self.vae_opt.state_dict(),
             "opt": self.opt.state_dict(),
+            "decoder_opt": self.decoder_opt.state_dict(),
         }
         self.s.out.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
@@ -403,6 +454,7 @@ class Trainer:
             ema.shadow, ema.updates = state["ema"][name], state["ema_updates"]
         self.vae_opt.load_state_dict(state["vae_opt"])
         self.opt.load_state_dict(state["opt"])
+        self.decoder_opt.load_state_dict(state["decoder_opt"])
 
     def export(self, folder: Path) -> None:
         """The EMA weights as a diffusers model folder, in fp16 (half the bytes; minisd loads it as fp32)."""
@@ -413,6 +465,7 @@ class Trainer:
             "seed": self.s.seed,
             "vae_steps": self.s.vae_steps,
             "unet_steps": self.s.unet_steps,
+            "decoder_steps": self.s.decoder_steps,
             "batch": self.s.batch,
             "world_size": self.world,
             "device": str(self.device),
@@ -427,7 +480,7 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
         for ax, (phase, values) in zip(axes, self.losses.items(), strict=True):
             values = torch.tensor(values or [float("nan")])
             window = max(1, min(50, len(values) // 10))

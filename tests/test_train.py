@@ -17,6 +17,7 @@ from minisd.train import (
     EMA,
     SHIPPED_GUIDANCE,
     VAE_INIT_LOGVAR,
+    DecoderLoss,
     LatentPool,
     Settings,
     Trainer,
@@ -78,8 +79,9 @@ def test_resume_without_a_state_is_a_clear_error(tmp_path):
 
 def test_cli_quick_and_bad_steps(tmp_path):
     run = [sys.executable, "-m", "minisd", "train", "--out", str(tmp_path / "m")]
-    bad = subprocess.run([*run, "--unet-steps", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip() == "minisd: error: --unet-steps 0: need at least 1"
+    for flag in ("--unet-steps", "--decoder-steps"):
+        bad = subprocess.run([*run, flag, "0"], capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.strip() == f"minisd: error: {flag} 0: need at least 1"
     ok = subprocess.run([*run, "--quick"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "m" / "model_index.json").is_file()
@@ -147,6 +149,26 @@ def test_the_vae_loss_is_the_mean_squared_error_plus_the_kl_per_pixel_value(tmp_
     y = vae.decode(posterior.sample(torch.Generator().manual_seed(0)))
     kl = 0.5 * (posterior.mean**2 + posterior.logvar.exp() - 1 - posterior.logvar).sum()
     torch.testing.assert_close(loss, (y - x).pow(2).mean() + 0.5 * kl / x.numel())
+
+
+def test_the_decoder_loss_decodes_a_posterior_sample_plus_noise(tmp_path):
+    vae = Trainer(Settings.quick(tmp_path)).vae
+    x, _ = shapes.batch(0, 2)
+    loss = DecoderLoss(vae, noise=0.7)(x, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    z = vae.encode(x).sample(generator)
+    z = z + 0.7 * torch.randn(z.shape, generator=generator)
+    torch.testing.assert_close(loss, (vae.decode(z) - x).pow(2).mean())
+
+
+def test_the_decoder_phase_trains_the_decoder_alone(tmp_path):
+    """The encoder, and so the latent space the UNet learned, leaves the decoder phase unchanged."""
+    trainer = Trainer(Settings.quick(tmp_path))
+    before = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+    trainer.train_decoder()
+    changed = {k for k, v in trainer.vae.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {k for k in before if k.startswith(("decoder.", "post_quant_conv."))}
+    assert len(trainer.losses["decoder"]) == trainer.s.decoder_steps
 
 
 def test_the_eps_loss_weights_each_sample_by_one_minus_alpha_bar():
