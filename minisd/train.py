@@ -95,7 +95,7 @@ VAE_INIT_LOGVAR = -6.0
 HIGH_NOISE_FROM = 700  # half of the UNet's timesteps are drawn from [700, 1000), see the module docstring
 # The sampler and the guidance scale the model ships with; chosen by measurement (see the model card).
 SHIPPED_SCHEDULER = {"_class_name": "PNDMScheduler", "skip_prk_steps": True, "timestep_spacing": "leading"}
-SHIPPED_GUIDANCE = 2.5
+SHIPPED_GUIDANCE = 2.0
 
 
 @dataclass
