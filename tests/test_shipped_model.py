@@ -122,6 +122,6 @@ def test_demo_pictures_show_what_their_captions_say():
     assert set(DEMO_SCENES) == set(CAPTIONS)
     pipe = minisd.load_pipeline()
     for caption, (named, position, relation) in DEMO_SCENES.items():
-        picture = np.asarray(pipe.text_to_image(caption, progress=False).images[0])
+        found = shapes.analyse(np.asarray(pipe.text_to_image(caption, progress=False).images[0]))
         scene = shapes.Scene(caption, [shapes.Shape(c, s, 0, 0, 0) for c, s in named], 0, position, relation)
-        assert all(shapes.check(scene, shapes.analyse(picture)).values()), (caption, shapes.analyse(picture))
+        assert all(shapes.check(scene, found).values()), (caption, found)
