@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import platform
+import random
 import time
 from collections import defaultdict
 
@@ -24,20 +25,33 @@ from minisd import load_pipeline, shapes
 from minisd.viz import caption_grid
 
 
-def evaluate(pipe, seeds: int = 4, limit: int | None = None, **settings) -> tuple[dict, list]:
-    """Accuracy per check over the held-out captions × seeds, and the pictures of the first seed. ``settings``
-    go to ``text_to_image`` (none, to measure what a user sees)."""
-    scenes = shapes.evaluation_scenes()[:limit]
+def training_scenes(n: int = 96, seed: int = 777) -> list[shapes.Scene]:
+    """n scenes of combinations training draws: for choosing a setting without looking at the held-out ones."""
+    rng = random.Random(seed)
+    return [shapes.random_scene(rng) for _ in range(n)]
+
+
+def score(scenes: list[shapes.Scene], images) -> dict[str, list[bool]]:
+    """Each picture read back and checked against its scene: the hits per check ("single shape", "pair both", …)."""
+    hits = defaultdict(list)
+    for scene, image in zip(scenes, images, strict=True):
+        kind = "single" if len(scene.shapes) == 1 else "pair"
+        for check, ok in shapes.check(scene, shapes.analyse(image)).items():
+            hits[f"{kind} {check}"].append(ok)
+    return hits
+
+
+def evaluate(pipe, seeds: int = 4, limit: int | None = None, scenes=None, **settings) -> tuple[dict, list]:
+    """Accuracy per check over the held-out captions (or ``scenes``) × seeds, and the pictures of the first seed.
+    ``settings`` go to ``text_to_image`` (none, to measure what a user sees)."""
+    scenes = (scenes or shapes.evaluation_scenes())[:limit]
     captions = [s.caption for s in scenes]
     hits, first = defaultdict(list), []
     for seed in range(seeds):
         images = pipe.text_to_image(captions, seed=seed, progress=False, **settings).images
         first = first or images
-        for scene, image in zip(scenes, images, strict=True):
-            kind = "single" if len(scene.shapes) == 1 else "pair"
-            found = shapes.analyse(np.asarray(image))
-            for check, ok in shapes.check(scene, found).items():
-                hits[f"{kind} {check}"].append(ok)
+        for check, ok in score(scenes, [np.asarray(image) for image in images]).items():
+            hits[check] += ok
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, first
 
 
