@@ -513,7 +513,7 @@ def write_model_folder(folder: Path, tokenizer, text_encoder, unet, vae, dtype=t
     } | SHIPPED_SCHEDULER
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    defaults = {"guidance_scale": SHIPPED_GUIDANCE}  # minisd's own file: see config.GenerationDefaults
+    defaults = dataclasses.asdict(GenerationDefaults(guidance_scale=SHIPPED_GUIDANCE))  # minisd's own file
     (folder / GenerationDefaults.FILE).write_text(json.dumps(defaults, indent=2) + "\n")
     index = {
         "_class_name": "StableDiffusionPipeline",
