@@ -71,7 +71,7 @@ def main() -> None:
         cells = [hits["single shape"], hits["pair both"], trips["single shape"]]
         row = " | ".join(f"{100 * sum(c) / len(c):.1f}%" for c in cells)
         name = f"noise {noise}, {steps} steps, lr {lr:g}" if steps else "none"
-        print(f"| {name} | {vae_psnr(pipe):.2f} dB | {row} |  ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"| {name} | {vae_psnr(pipe.vae):.2f} dB | {row} |  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from eval_shapes import evaluate  # noqa: E402
+from eval_shapes import evaluate, round_trips, vae_psnr  # noqa: E402
 
-from minisd import load_pipeline, shapes, train  # noqa: E402
+from minisd import load_pipeline, train  # noqa: E402
 
 # name: Settings fields. Stage 1 (VAE), then stage 2 (text encoder + UNet) on the best VAE.
 VAE_RECIPES = {
@@ -73,24 +73,6 @@ class TimedTrainer(train.Trainer):
         return False
 
 
-@torch.no_grad()
-def round_trips(vae, device) -> tuple[dict[str, float], float]:
-    """What ``shapes.analyse`` reads in the held-out scenes after the VAE's round trip (posterior mean), and
-    the PSNR (dB) of 256 held-out pictures (eval_shapes' ``vae_psnr``)."""
-    scenes = shapes.evaluation_scenes()
-    x = (torch.stack([shapes.draw(s) for s in scenes]) * 2 - 1).to(device)  # draw gives [0, 1]; the VAE takes [−1, 1]
-    y = vae.decode(vae.encode(x).mode()).float().clamp(-1, 1).add(1).div(2).cpu()
-    hits: dict[str, list[bool]] = {}
-    for scene, picture in zip(scenes, y, strict=True):
-        kind = "single" if len(scene.shapes) == 1 else "pair"
-        for check, ok in shapes.check(scene, shapes.analyse(picture)).items():
-            hits.setdefault(f"{kind} {check}", []).append(ok)
-    x, _ = shapes.batch(seed=123_456, n=256, held_out=True)
-    y = torch.cat([vae.decode(vae.encode(c.to(device)).mode()).float().cpu() for c in x.split(64)])
-    psnr = 10 * np.log10(1 / ((y.clamp(-1, 1) - x) / 2).pow(2).mean().item())
-    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, float(psnr)
-
-
 def score(accuracy: dict[str, float]) -> float:
     """The mean of the issue's four targets' accuracies."""
     keys = ("single colour", "single shape", "single position", "pair both")
@@ -113,7 +95,8 @@ def run_vae(out: Path, name: str, seed: int, quick: bool, deadline: float) -> di
     trainer.scaling_factor = trainer.vae.config.scaling_factor = trainer.measure_scaling_factor()
     trainer.phase, trainer.step = "unet", 0
     trainer.save_state()
-    accuracy, psnr = round_trips(trainer.vae.eval(), trainer.device)
+    vae = trainer.vae.eval()
+    accuracy, psnr = {k: sum(v) / len(v) for k, v in sorted(round_trips(vae).items())}, vae_psnr(vae)
     return {
         "name": name,
         "steps": len(trainer.losses["vae"]),

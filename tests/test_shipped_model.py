@@ -110,12 +110,6 @@ DEMO_SCENES = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="minisd-tiny misses the targets of its issue (shapes 78%, two shapes 45%, positions 80%; see its model "
-    "card): the demo's colours and shapes read right, but the small blue square 'at the top' is drawn at the "
-    "bottom. Remove this mark when a model passes.",
-)
 def test_demo_pictures_show_what_their_captions_say():
     """The demo's captions with the pipeline's defaults and seed 0, read back by the shapes analyser: every
     colour, shape, position and relation a caption names is drawn (``shapes.check``, as the evaluation does)."""
