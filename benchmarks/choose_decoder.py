@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from eval_shapes import score, training_scenes, vae_psnr
+from eval_shapes import round_trips, score, training_scenes, vae_psnr
 
-from minisd import load_pipeline, shapes
+from minisd import load_pipeline
 from minisd.train import Settings, Trainer
 
 # (latent noise in units of the latents' spread, steps, learning rate); 0 steps: the decoder of phase 1
@@ -56,8 +56,6 @@ def main() -> None:
     captions = [s.caption for s in scenes]
     draw = dict(guidance_scale=args.guidance, progress=False)
     latents = [pipe.text_to_image(captions, seed=seed, **draw).latents for seed in (0, 1)]
-    held_out = shapes.evaluation_scenes()
-    pictures = torch.stack([shapes.draw(s) for s in held_out]) * 2 - 1
     print("| decoder fine-tune | VAE PSNR | one shape: shape right | both shapes right | round trips: shape right |")
     print("|---|---|---|---|---|")
     for noise, steps, lr in CANDIDATES:
@@ -65,9 +63,7 @@ def main() -> None:
         pipe.vae = fine_tuned_vae(Path(args.state), noise, steps, lr)
         with torch.no_grad():
             drawn = [np.asarray(i) for z in latents for i in pipe.to_pil(pipe.unet_latents_to_images(z))]
-            back = pipe.unet_latents_to_images(pipe.vae.scale_latents(pipe.vae.encode(pictures).mode()))
-            round_trips = [np.asarray(i) for i in pipe.to_pil(back)]
-        hits, trips = score(scenes * 2, drawn), score(held_out, round_trips)
+        hits, trips = score(scenes * 2, drawn), round_trips(pipe.vae)
         cells = [hits["single shape"], hits["pair both"], trips["single shape"]]
         row = " | ".join(f"{100 * sum(c) / len(c):.1f}%" for c in cells)
         name = f"noise {noise}, {steps} steps, lr {lr:g}" if steps else "none"
