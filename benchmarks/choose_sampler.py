@@ -19,14 +19,18 @@ from eval_shapes import evaluate, training_scenes
 from minisd import load_pipeline
 from minisd.schedulers import make_scheduler
 
-# (scheduler, timestep spacing, guidance scale): the model's sampler at several scales, the others at one
+# (scheduler, timestep spacing, guidance scale): SD v1.5's sampler at several scales, the others at two
 CANDIDATES = [
+    ("pndm", "leading", 1.5),
     ("pndm", "leading", 2.0),
     ("pndm", "leading", 2.5),
     ("pndm", "leading", 3.0),
     ("pndm", "leading", 7.5),
+    ("ddim", "trailing", 2.0),
     ("ddim", "trailing", 2.5),
+    ("dpmpp_2m", "trailing", 2.0),
     ("dpmpp_2m", "trailing", 2.5),
+    ("euler", "trailing", 2.0),
     ("euler", "trailing", 2.5),
 ]
 
