@@ -3,8 +3,8 @@
 One batch of the UNet phase's loss (``train.eps_loss`` on a fresh model, the VAE's latents of shapes pictures),
 backpropagated eagerly and through ``torch.compile(backend=...)``: the loss of each, and the parameter
 tensors whose gradients differ by more than 10% of their norm. On torch 2.13 (CPU) the ``inductor`` backend
-got most of them wrong, zero, under bf16 autocast, so ``minisd train`` does not compile (model card,
-Earlier models). Run it again before compiling the training step on a new torch.
+got 308 of the 392 off, 200 of them zero, under bf16 autocast, so ``minisd train`` does not compile (model
+card, Earlier models). Run it again before compiling the training step on a new torch.
 
     python benchmarks/compile_gradients.py [--backend inductor] [--fp32]
 """
