@@ -41,6 +41,11 @@ def score(scenes: list[shapes.Scene], images) -> dict[str, list[bool]]:
     return hits
 
 
+def rates(hits: dict[str, list[bool]]) -> dict[str, float]:
+    """The fraction of hits per check, checks in order."""
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
 def evaluate(pipe, seeds: int = 4, limit: int | None = None, scenes=None, **settings) -> tuple[dict, list]:
     """Accuracy per check over the held-out captions (or ``scenes``) × seeds, and the pictures of the first seed.
     ``settings`` go to ``text_to_image`` (none, to measure what a user sees)."""
@@ -52,7 +57,7 @@ def evaluate(pipe, seeds: int = 4, limit: int | None = None, scenes=None, **sett
         first = first or images
         for check, ok in score(scenes, [np.asarray(image) for image in images]).items():
             hits[check] += ok
-    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}, first
+    return rates(hits), first
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from eval_shapes import evaluate, round_trips, vae_psnr  # noqa: E402
+from eval_shapes import evaluate, rates, round_trips, vae_psnr  # noqa: E402
 
 from minisd import load_pipeline, train  # noqa: E402
 
@@ -96,7 +96,7 @@ def run_vae(out: Path, name: str, seed: int, quick: bool, deadline: float) -> di
     trainer.phase, trainer.step = "unet", 0
     trainer.save_state()
     vae = trainer.vae.eval()
-    accuracy, psnr = {k: sum(v) / len(v) for k, v in sorted(round_trips(vae).items())}, vae_psnr(vae)
+    accuracy, psnr = rates(round_trips(vae)), vae_psnr(vae)
     return {
         "name": name,
         "steps": len(trainer.losses["vae"]),
