@@ -22,6 +22,7 @@ from minisd.train import (
     Settings,
     Trainer,
     VAELoss,
+    edges,
     eps_loss,
     sample_timesteps,
     train,
@@ -149,6 +150,26 @@ def test_the_vae_loss_is_the_mean_squared_error_plus_the_kl_per_pixel_value(tmp_
     y = vae.decode(posterior.sample(torch.Generator().manual_seed(0)))
     kl = 0.5 * (posterior.mean**2 + posterior.logvar.exp() - 1 - posterior.logvar).sum()
     torch.testing.assert_close(loss, (y - x).pow(2).mean() + 0.5 * kl / x.numel())
+
+
+def test_the_vae_loss_counts_the_outlines_one_plus_edge_weight_times(tmp_path):
+    vae = Trainer(Settings.quick(tmp_path)).vae
+    x, _ = shapes.batch(0, 2)
+    outline = edges(x)  # (B, 1, H, W)
+    assert 0 < outline.float().mean() < 0.2  # the outlines, a small part of the picture
+    loss = VAELoss(vae, kl_weight=0.0, edge_weight=4.0)(x, torch.Generator().manual_seed(0))
+    y = vae.decode(vae.encode(x).sample(torch.Generator().manual_seed(0)))
+    error = (y - x).pow(2)
+    torch.testing.assert_close(loss, (error + 4 * error * outline).mean())
+
+
+def test_outlines_are_where_a_picture_changes():
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 2:5, 2:5] = 1.0  # a 3×3 square on a flat background
+    outline = edges(x)[0, 0]
+    assert outline[3, 3] == 0  # the square's inside: its 3×3 neighbourhood is flat
+    assert outline[2, 2] and outline[1, 1] and outline[4, 5]  # its border and the pixels beside it
+    assert outline[0, 7] == 0 and outline[7, 0] == 0  # the background far away
 
 
 def test_the_decoder_loss_decodes_a_posterior_sample_plus_noise(tmp_path):
