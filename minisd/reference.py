@@ -128,8 +128,9 @@ class Recording:
     # Replay: each stage from the recording alone ------------------------------------------------------
 
     def inputs(self, stage: str, step: int | None = None) -> dict:
-        """The arguments of one stage as recorded. Stages: "text_encoder", "unet", "guidance", "scheduler"
-        (step i; multistep samplers also need steps 0…i−1 replayed first), "vae" (decode to [0, 1])."""
+        """The arguments of one stage as recorded. Stages: "text_encoder" (the negative and the prompt's ids,
+        which the pipeline encoded one at a time), "unet", "guidance", "scheduler" (step i; multistep samplers
+        also need steps 0…i−1 replayed first), "vae" (decode to [0, 1])."""
         T, m = self.tensors, self.meta
         self._check(stage)
         if stage == "text_encoder":

@@ -32,7 +32,9 @@ def generate(pipe, **kw):
 def test_attention_chunks_give_the_same_result(folder):
     plain = generate(load_pipeline(folder))
     chunked = load_pipeline(folder).set_low_memory(attention_chunk=7)  # 24×32 = 768 queries, 7 at a time
-    assert max_rel_err(generate(chunked).latents, plain.latents) <= 1e-6
+    # Float rounding only: a chunk of 7 queries takes other matmul blocking than all 768 (1.2e-6 seen on an
+    # AMD CPU without AMX); a chunking bug would be off by orders of magnitude more.
+    assert max_rel_err(generate(chunked).latents, plain.latents) <= 1e-5
 
 
 def test_drop_text_encoder_frees_it_after_one_generation(folder):
