@@ -32,7 +32,7 @@ network much of its practice where the text is the best guide to the layout.
 
 **w(t), the same lesson for the loss.** Drawing more high-noise timesteps is not enough by itself: there
 ε ≈ z_t, so the ε error is small (0.003 at t = 999 against 0.15 at t = 50, measured on an earlier minisd-tiny),
-and the timesteps below 700 still make 83% of its loss with the sampling alone (89% of the shipped model's). Yet a
+and the timesteps below 700 still make 83% of its loss with the sampling alone (90% of the shipped model's). Yet a
 small ε error at high noise is a large error in the picture: the predicted z0 is off by
 √((1 − ᾱ_t)/ᾱ_t)·(ε error), 14× at t = 999. Each sample's loss is weighted by w(t) = 1 − ᾱ_t = 1/(1 + SNR(t))
 (the P2 weighting of Choi et al. 2022 with k = γ = 1), which keeps the low-noise timesteps from drowning the
