@@ -107,12 +107,17 @@ def _shape_at(rng: random.Random, colour: str, shape: str, where: str | None, si
     return Shape(colour, shape, x, y, size)
 
 
+def a(words: str) -> str:
+    """``words`` with the indefinite article English puts before them: "a red circle", "an orange square"."""
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
 def single_scene(rng: random.Random, colour: str, shape: str, position: str | None, size: str | None) -> Scene:
     """One shape; ``position`` None puts it anywhere, ``size`` None picks either size without saying so."""
     size_range = SIZES[size or rng.choice(list(SIZES))]
     words = " ".join(w for w in (size, colour, shape) if w)
-    template = rng.choice(["a {}", "a {}", "one {}", "a picture of a {}"])
-    caption = template.format(words) + (f" {position}" if position else "")
+    phrase = rng.choice([a(words), a(words), f"one {words}", f"a picture of {a(words)}"])
+    caption = phrase + (f" {position}" if position else "")
     shapes = [_shape_at(rng, colour, shape, position, size_range)]
     return Scene(caption, shapes, _background(rng), position=position)
 
@@ -122,10 +127,10 @@ def pair_scene(rng: random.Random, first: tuple[str, str], second: tuple[str, st
     if relation is None:
         places = list(rng.choice([RELATIONS["to the left of"], RELATIONS["above"]]))
         rng.shuffle(places)
-        caption = f"a {' '.join(first)} and a {' '.join(second)}"
+        caption = f"{a(' '.join(first))} and {a(' '.join(second))}"
     else:
         places = list(RELATIONS[relation])
-        caption = f"a {' '.join(first)} {relation} a {' '.join(second)}"
+        caption = f"{a(' '.join(first))} {relation} {a(' '.join(second))}"
     shapes = [_shape_at(rng, *cs, place, PAIR_SIZE) for cs, place in zip((first, second), places, strict=True)]
     return Scene(caption, shapes, _background(rng), relation=relation)
 
@@ -160,7 +165,8 @@ def evaluation_scenes(seed: int = 0) -> list[Scene]:
     for c1, s1, c2, s2 in sorted(HELD_OUT_PAIRS):
         scenes += [pair_scene(rng, (c1, s1), (c2, s2), r) for r in [*RELATIONS, None]]
     for scene in scenes:  # the canonical wording, so that the evaluation's captions are the same every time
-        scene.caption = scene.caption.removeprefix("a picture of ").replace("one ", "a ", 1)
+        caption = scene.caption.removeprefix("a picture of ")
+        scene.caption = a(caption.removeprefix("one ")) if caption.startswith("one ") else caption
     return scenes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -69,3 +70,17 @@ def test_training_never_draws_a_held_out_combination():
     evaluation = shapes.evaluation_scenes()
     assert len(evaluation) == 2 * len(shapes.HELD_OUT_SINGLE) + 5 * len(shapes.HELD_OUT_PAIRS)
     assert len({s.caption for s in evaluation}) == len(evaluation)
+
+
+def test_captions_use_the_article_english_puts_before_them():
+    rng = random.Random(5)
+    captions = [shapes.random_scene(rng, held_out).caption for held_out in (False, True) for _ in range(400)]
+    captions += [s.caption for s in shapes.evaluation_scenes()]
+    assert any("an orange" in c for c in captions) and any("a red" in c for c in captions)
+    for caption in captions:
+        words = caption.split()
+        for article, word in itertools.pairwise(words):
+            if article in ("a", "an") and word != "picture":
+                assert article == ("an" if word[0] in "aeiou" else "a"), caption
+    canonical = [s.caption for s in shapes.evaluation_scenes()]
+    assert not any(c.startswith(("one ", "a picture of ")) for c in canonical)
