@@ -37,7 +37,7 @@ and the timesteps below 700 still make 83% of its loss with the sampling alone (
 small ε error at high noise is a large error in the picture: the predicted z0 is off by
 √((1 − ᾱ_t)/ᾱ_t)·(ε error), 14× at t = 999. Each sample's loss is weighted by w(t) = 1 − ᾱ_t = 1/(1 + SNR(t))
 (the P2 weighting of Choi et al. 2022 with k = γ = 1), which keeps the low-noise timesteps from drowning the
-ones where colour, shape and layout are decided: t ≥ 700 then makes 64% of the loss (notebook 8 measures it).
+ones where colour, shape and layout are decided: t ≥ 700 then makes 65% of the loss (notebook 8 measures it).
 See weights/minisd-tiny/README.md.
 
 Run ``minisd train --out DIR`` (``--quick`` for a smoke test of a few steps). Interrupted training resumes
