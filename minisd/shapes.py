@@ -107,7 +107,7 @@ def _shape_at(rng: random.Random, colour: str, shape: str, where: str | None, si
     return Shape(colour, shape, x, y, size)
 
 
-def a(words: str) -> str:
+def with_article(words: str) -> str:
     """``words`` with the indefinite article English puts before them: "a red circle", "an orange square"."""
     return ("an " if words[0] in "aeiou" else "a ") + words
 
@@ -116,7 +116,8 @@ def single_scene(rng: random.Random, colour: str, shape: str, position: str | No
     """One shape; ``position`` None puts it anywhere, ``size`` None picks either size without saying so."""
     size_range = SIZES[size or rng.choice(list(SIZES))]
     words = " ".join(w for w in (size, colour, shape) if w)
-    phrase = rng.choice([a(words), a(words), f"one {words}", f"a picture of {a(words)}"])
+    named = with_article(words)
+    phrase = rng.choice([named, named, f"one {words}", f"a picture of {named}"])
     caption = phrase + (f" {position}" if position else "")
     shapes = [_shape_at(rng, colour, shape, position, size_range)]
     return Scene(caption, shapes, _background(rng), position=position)
@@ -127,10 +128,10 @@ def pair_scene(rng: random.Random, first: tuple[str, str], second: tuple[str, st
     if relation is None:
         places = list(rng.choice([RELATIONS["to the left of"], RELATIONS["above"]]))
         rng.shuffle(places)
-        caption = f"{a(' '.join(first))} and {a(' '.join(second))}"
+        caption = f"{with_article(' '.join(first))} and {with_article(' '.join(second))}"
     else:
         places = list(RELATIONS[relation])
-        caption = f"{a(' '.join(first))} {relation} {a(' '.join(second))}"
+        caption = f"{with_article(' '.join(first))} {relation} {with_article(' '.join(second))}"
     shapes = [_shape_at(rng, *cs, place, PAIR_SIZE) for cs, place in zip((first, second), places, strict=True)]
     return Scene(caption, shapes, _background(rng), relation=relation)
 
@@ -166,7 +167,7 @@ def evaluation_scenes(seed: int = 0) -> list[Scene]:
         scenes += [pair_scene(rng, (c1, s1), (c2, s2), r) for r in [*RELATIONS, None]]
     for scene in scenes:  # the canonical wording, so that the evaluation's captions are the same every time
         caption = scene.caption.removeprefix("a picture of ")
-        scene.caption = a(caption.removeprefix("one ")) if caption.startswith("one ") else caption
+        scene.caption = with_article(caption.removeprefix("one ")) if caption.startswith("one ") else caption
     return scenes
 
 

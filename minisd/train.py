@@ -1,6 +1,6 @@
 """Train a small Stable Diffusion from scratch on the shapes world: minisd-tiny.
 
-The recipe of Rombach et al. 2022, at a size a laptop trains in under an hour:
+The recipe of Rombach et al. 2022, at a size a 2-core CPU trains in about an hour (model card: 57 to 76 minutes):
 
 1. **The VAE** learns to compress a 64×64 picture to a 4×16×16 latent and back: reconstruction loss (counted
    5× at the shapes' outlines, ``VAELoss``) plus a small KL term that keeps q(z|x) close to N(0, I), so that

@@ -179,7 +179,10 @@ def test_shipped_recordings_regenerate_equal(path):
     shipped = Recording.load(path)
     again = record(**shipped.meta["settings"])  # minisd-tiny, as recorded
     assert again.meta["model"]["hash"] == shipped.meta["model"]["hash"], "minisd-tiny changed: make recordings"
-    report = compare(shipped, again, rtol=1e-4)
+    # 1e-3, not 1e-4: float reduction order (2 threads or 1, another CPU's kernels) differs by ~1e-7 a call, and
+    # 50 PNDM steps amplify it: minisd-tiny v5's red circle, recorded with 2 threads, regenerates with 1 thread
+    # at 1.1e-4 (step 44's ε). A change in the code shows far above that, at the stage where it enters.
+    report = compare(shipped, again, rtol=1e-3)
     assert report.first_failure is None, str(report)
 
 

@@ -74,13 +74,11 @@ def test_training_never_draws_a_held_out_combination():
 
 def test_captions_use_the_article_english_puts_before_them():
     rng = random.Random(5)
+    canonical = [s.caption for s in shapes.evaluation_scenes()]
     captions = [shapes.random_scene(rng, held_out).caption for held_out in (False, True) for _ in range(400)]
-    captions += [s.caption for s in shapes.evaluation_scenes()]
     assert any("an orange" in c for c in captions) and any("a red" in c for c in captions)
-    for caption in captions:
-        words = caption.split()
-        for article, word in itertools.pairwise(words):
+    for caption in captions + canonical:
+        for article, word in itertools.pairwise(caption.split()):
             if article in ("a", "an") and word != "picture":
                 assert article == ("an" if word[0] in "aeiou" else "a"), caption
-    canonical = [s.caption for s in shapes.evaluation_scenes()]
     assert not any(c.startswith(("one ", "a picture of ")) for c in canonical)
