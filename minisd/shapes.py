@@ -125,13 +125,14 @@ def single_scene(rng: random.Random, colour: str, shape: str, position: str | No
 
 def pair_scene(rng: random.Random, first: tuple[str, str], second: tuple[str, str], relation: str | None) -> Scene:
     """Two shapes of different colours; without a relation word they stand side by side or one above the other."""
+    a, b = (with_article(" ".join(colour_shape)) for colour_shape in (first, second))
     if relation is None:
         places = list(rng.choice([RELATIONS["to the left of"], RELATIONS["above"]]))
         rng.shuffle(places)
-        caption = f"{with_article(' '.join(first))} and {with_article(' '.join(second))}"
+        caption = f"{a} and {b}"
     else:
         places = list(RELATIONS[relation])
-        caption = f"{with_article(' '.join(first))} {relation} {with_article(' '.join(second))}"
+        caption = f"{a} {relation} {b}"
     shapes = [_shape_at(rng, *cs, place, PAIR_SIZE) for cs, place in zip((first, second), places, strict=True)]
     return Scene(caption, shapes, _background(rng), relation=relation)
 
