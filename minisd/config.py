@@ -115,7 +115,7 @@ class GenerationDefaults(JsonConfig):
     which diffusers does not read (its users pass these values themselves). Without the file, SD's.
 
     A small model may want other settings than SD's: minisd-tiny's pictures fall apart at guidance 7.5 (its
-    model card measures why), so its folder says 1.5.
+    model card measures why), so its folder says 2.0.
     """
 
     guidance_scale: float = 7.5
