@@ -226,6 +226,7 @@ class Found:
     x: float
     y: float
     pixels: int
+    fill: float  # how much of its bounding box it fills: what ``shape`` was read from (FILL)
 
 
 def analyse(picture: np.ndarray | torch.Tensor, min_fraction: float = 0.015) -> list[Found]:
@@ -255,7 +256,7 @@ def analyse(picture: np.ndarray | torch.Tensor, min_fraction: float = 0.015) -> 
         box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
         fill = mask.sum() / box
         shape = min(FILL, key=lambda s: abs(FILL[s] - fill))
-        found.append(Found(colour, shape, (xs.mean() + 0.5) / W, (ys.mean() + 0.5) / H, int(mask.sum())))
+        found.append(Found(colour, shape, (xs.mean() + 0.5) / W, (ys.mean() + 0.5) / H, int(mask.sum()), float(fill)))
     return sorted(found, key=lambda f: -f.pixels)
 
 

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minisd import shapes
 
@@ -33,6 +34,26 @@ def test_the_analyser_reads_every_drawn_scene_back(held_out):
     for scene in scenes:
         result = shapes.check(scene, shapes.analyse(shapes.draw(scene)))
         assert all(result.values()), (scene.caption, result)
+
+
+def soften(picture: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A (3, H, W) picture blurred by a Gaussian of ``sigma`` pixels: edges as soft as a decoder draws them."""
+    taps = torch.arange(-3, 4, dtype=torch.float32)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)  # (3, 1, 1, 7): one per channel
+    x = F.conv2d(F.pad(picture[None], (3, 3, 0, 0), mode="replicate"), kernel, groups=3)  # along x
+    return F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), kernel.transpose(2, 3), groups=3)[0]  # along y
+
+
+def test_the_analyser_tells_soft_circles_from_soft_squares():
+    """Its line between the two (a fill of 0.893) holds on the world's own pictures with soft edges
+    (``benchmarks/analyser_fills.py`` measures where the line should lie)."""
+    rng = random.Random(4)
+    scenes = [s for s in (shapes.random_scene(rng) for _ in range(400)) if len(s.shapes) == 1]
+    for scene in scenes:
+        if scene.shapes[0].shape in ("circle", "square"):
+            found = shapes.analyse(soften(shapes.draw(scene), sigma=1.0))
+            assert found[0].shape == scene.shapes[0].shape, (scene.caption, found)
 
 
 def test_the_analyser_tells_wrong_pictures_apart():
