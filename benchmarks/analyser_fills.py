@@ -3,8 +3,9 @@
 ``shapes.analyse`` reads a shape from how much of its bounding box it fills (a disc π/4 ≈ 0.785, a square 1,
 a triangle ½) and takes the nearest: a circle below 0.893, a square above. This prints that fill for pictures
 of one shape drawn by ``shapes.draw`` (no model), and for the same pictures sent through a model's VAE and
-back (the softest edges a generated picture can have: the decoder draws every one), with the share the
-analyser reads wrong. A generated picture's own fill is ``shapes.analyse(picture)[0].fill``.
+back (edges as the decoder draws them, and it draws every generated picture): how many the analyser
+reads wrong, and where a line would read most circles and squares right. A generated picture's own fill is
+``shapes.analyse(picture)[0].fill``.
 
     python benchmarks/analyser_fills.py [--weights DIR] [--n 3000]
 """
