@@ -37,7 +37,7 @@ def test_the_analyser_reads_every_drawn_scene_back(held_out):
 
 
 def soften(picture: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A (3, H, W) picture blurred by a Gaussian of ``sigma`` pixels: edges as soft as a decoder draws them."""
+    """A (3, H, W) picture blurred by a Gaussian of ``sigma`` pixels: soft edges, as a decoder draws them."""
     taps = torch.arange(-3, 4, dtype=torch.float32)
     kernel = torch.exp(-(taps**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)  # (3, 1, 1, 7): one per channel
