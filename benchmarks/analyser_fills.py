@@ -47,7 +47,7 @@ def main() -> None:
             wrong = sum(not f or f[0].shape != kind for f in found)
             print(f"| {name} | {kind} | {len(picked)} | {' / '.join(f'{v:.3f}' for v in values)} | {wrong} |")
         # Circles and squares on the wrong side of a line at each candidate fill: the fewest, and where.
-        lines = np.arange(0.800, 1.0005, 0.001)
+        lines = np.arange(800, 1001) / 1000  # 0.800, 0.801, … 1.000
         errors = np.array([(by_kind["circle"] >= c).sum() + (by_kind["square"] < c).sum() for c in lines])
         at = lines[errors == errors.min()]
         best[name] = f"from {at.min():.3f} to {at.max():.3f} ({errors.min()} of them wrong there)"
