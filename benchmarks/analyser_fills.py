@@ -17,6 +17,7 @@ import random
 
 import numpy as np
 import torch
+from eval_shapes import through_vae
 
 from minisd import load_pipeline, shapes
 
@@ -30,9 +31,7 @@ def main() -> None:
     scenes = [s for s in (shapes.random_scene(rng) for _ in range(args.n)) if len(s.shapes) == 1]
     drawn = torch.stack([shapes.draw(s) for s in scenes])  # (N, 3, 64, 64) in [0, 1]
     vae = load_pipeline(args.weights).vae
-    with torch.no_grad():  # the VAE works in [−1, 1]; the posterior's mean, as vae_round_trips.py sends it
-        trips = torch.cat([vae.decode(vae.encode(x * 2 - 1).mode()) for x in drawn.split(128)])
-    trips = trips.float().clamp(-1, 1).add(1).div(2)
+    trips = through_vae(vae, drawn * 2 - 1).add(1).div(2)  # the VAE works in [−1, 1]
     line = (shapes.FILL["circle"] + shapes.FILL["square"]) / 2
     print(f"circle | square line at fill {line:.3f}; {len(scenes)} pictures of one shape")
     print("| pictures | shape | n | fill 1% / 5% / median / 95% / 99% / max | read wrong |\n|---|---|---|---|---|")

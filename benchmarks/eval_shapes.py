@@ -61,12 +61,21 @@ def evaluate(pipe, seeds: int = 4, limit: int | None = None, scenes=None, **sett
 
 
 @torch.no_grad()
+def through_vae(vae, x: torch.Tensor, noise: float = 0.0, generator=None, chunk: int = 64) -> torch.Tensor:
+    """Pictures in [−1, 1] encoded (the posterior's mean, plus Gaussian noise of ``noise`` × the latents' spread: a
+    UNet's near miss) and decoded: on the CPU, clamped to [−1, 1]."""
+    device = next(vae.parameters()).device
+    z = torch.cat([vae.encode(c.to(device)).mode() for c in x.split(chunk)])
+    if noise:
+        z = z + noise * z.std() * torch.randn(z.shape, generator=generator).to(device)
+    return torch.cat([vae.decode(c).float().clamp(-1, 1).cpu() for c in z.split(chunk)])
+
+
+@torch.no_grad()
 def vae_psnr(vae, size: int = 64, n: int = 256) -> float:
     """PSNR (dB) of n held-out pictures through the VAE and back (the posterior's mean), pixels in [0, 1]."""
-    device = next(vae.parameters()).device
     x, _ = shapes.batch(seed=123_456, n=n, size=size, held_out=True)
-    y = torch.cat([vae.decode(vae.encode(chunk.to(device)).mode()).float().cpu() for chunk in x.split(64)])
-    mse = ((y.clamp(-1, 1) - x) / 2).pow(2).mean()
+    mse = ((through_vae(vae, x) - x) / 2).pow(2).mean()
     return float(10 * math.log10(1 / mse))
 
 
@@ -75,14 +84,11 @@ def round_trips(vae, seeds: int = 1, noise: float = 0.0) -> dict[str, list[bool]
     """The held-out scenes' pictures (seeds 0 … seeds − 1) through the VAE and back, read by ``shapes.analyse``:
     the hits per check. The latent is the posterior's mean plus Gaussian noise of ``noise`` × its spread, a
     UNet's near miss. What survives the trip caps any UNet trained on this VAE."""
-    device = next(vae.parameters()).device
     hits = defaultdict(list)
     for seed in range(seeds):
         scenes = shapes.evaluation_scenes(seed)
-        x = (torch.stack([shapes.draw(s) for s in scenes]) * 2 - 1).to(device)  # draw: [0, 1]; the VAE: [−1, 1]
-        z = vae.encode(x).mode()
-        z = z + noise * z.std() * torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(device)
-        y = vae.decode(z).float().clamp(-1, 1).add(1).div(2).cpu()
+        x = torch.stack([shapes.draw(s) for s in scenes]) * 2 - 1  # draw: [0, 1]; the VAE: [−1, 1]
+        y = through_vae(vae, x, noise, torch.Generator().manual_seed(seed)).add(1).div(2)
         for check, ok in score(scenes, list(y)).items():
             hits[check] += ok
     return hits
