@@ -27,6 +27,7 @@ COLOURS = {"red": 0, "orange": 30, "yellow": 55, "green": 120, "blue": 225, "pur
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": (0.19, 0.23), "large": (0.36, 0.42)}  # the shape's width, as a fraction of the picture's
 PAIR_SIZE = (0.26, 0.32)
+PAIR_SHARE = 0.4  # of the world's pictures, the share that holds two shapes (the rest hold one)
 POSITIONS = {  # the shape's centre (x, y), fractions of the picture, as a person reads the words
     "on the left": (0.25, 0.5),
     "on the right": (0.75, 0.5),
@@ -141,10 +142,11 @@ def _background(rng: random.Random) -> float:
     return rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.4, 0.6), rng.uniform(0.85, 1.0)])  # dark, mid, light
 
 
-def random_scene(rng: random.Random, held_out: bool = False) -> Scene:
-    """A scene whose combination is in the training set (``held_out`` False) or in the held-out set."""
+def random_scene(rng: random.Random, held_out: bool = False, pair_share: float = PAIR_SHARE) -> Scene:
+    """A scene whose combination is in the training set (``held_out`` False) or in the held-out set; two shapes
+    with probability about ``pair_share`` (a combination on the wrong side of the split is drawn again)."""
     while True:
-        if rng.random() < 0.6:
+        if rng.random() < 1 - pair_share:  # one shape
             colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
             position = rng.choice([*POSITIONS, None])
             if position is not None and ((colour, shape, position) in HELD_OUT_SINGLE) != held_out:
@@ -208,10 +210,12 @@ def draw(scene: Scene, size: int = 64) -> torch.Tensor:
     return picture
 
 
-def batch(seed: int, n: int, size: int = 64, held_out: bool = False) -> tuple[torch.Tensor, list[str]]:
+def batch(
+    seed: int, n: int, size: int = 64, held_out: bool = False, pair_share: float = PAIR_SHARE
+) -> tuple[torch.Tensor, list[str]]:
     """n pictures (n, 3, size, size) in [−1, 1] with their captions, drawn from ``seed``."""
     rng = random.Random(seed)
-    scenes = [random_scene(rng, held_out) for _ in range(n)]
+    scenes = [random_scene(rng, held_out, pair_share) for _ in range(n)]
     return torch.stack([draw(s, size) for s in scenes]) * 2 - 1, [s.caption for s in scenes]
 
 

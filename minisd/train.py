@@ -120,6 +120,7 @@ class Settings:
     caption_dropout: float = 0.1
     ema_decay: float = 0.998
     pool: int = 32768  # pictures encoded once for the UNet phase (per process), see LatentPool
+    pool_pairs: float = shapes.PAIR_SHARE  # the share of the pool's pictures with two shapes
     save_every: int = 250
 
     @classmethod
@@ -236,11 +237,11 @@ class LatentPool:
     minutes, and each step then draws a fresh z ~ q(z|x) for pictures picked from the pool.
     """
 
-    def __init__(self, vae: AutoencoderKL, seeds, n: int, device: torch.device, chunk: int = 256):
+    def __init__(self, vae: AutoencoderKL, seeds, n: int, device: torch.device, pair_share: float, chunk: int = 256):
         moments, self.captions = [], []
         with torch.no_grad(), autocast(device):
             for i in range(math.ceil(n / chunk)):
-                x, captions = shapes.batch(seeds(i), min(chunk, n - i * chunk))
+                x, captions = shapes.batch(seeds(i), min(chunk, n - i * chunk), pair_share=pair_share)
                 posterior = vae.encode(x.to(device))
                 moments.append(torch.cat([posterior.mean, posterior.logvar], dim=1).float())
                 self.captions += captions
@@ -366,7 +367,7 @@ class Trainer:
         warmup = min(200, self.s.unet_steps // 10 + 1)
         start = time.perf_counter()
         # Pool seeds sit above any step's seed (10⁶ + i); a resumed run encodes the same pool again.
-        pool = LatentPool(self.vae, lambda i: self.seed_of(10**6 + i), self.s.pool, self.device)
+        pool = LatentPool(self.vae, lambda i: self.seed_of(10**6 + i), self.s.pool, self.device, self.s.pool_pairs)
         self.seconds += time.perf_counter() - start
         bar = self.progress(self.s.unet_steps, "UNet")
         while self.step < self.s.unet_steps:

@@ -36,6 +36,17 @@ def test_the_analyser_reads_every_drawn_scene_back(held_out):
         assert all(result.values()), (scene.caption, result)
 
 
+def test_pair_share_sets_how_many_pictures_hold_two_shapes():
+    shares = []
+    for pair_share in (0.4, 0.5):
+        rng = random.Random(5)
+        scenes = [shapes.random_scene(rng, pair_share=pair_share) for _ in range(2000)]
+        shares.append(sum(len(s.shapes) == 2 for s in scenes) / len(scenes))
+    # about the share asked for: held-out combinations are redrawn, a few more of them single shapes than pairs
+    assert abs(shares[0] - 0.4) < 0.05 and abs(shares[1] - 0.5) < 0.05 and shares[1] > shares[0] + 0.05
+    assert shapes.batch(3, 8)[1] == shapes.batch(3, 8, pair_share=shapes.PAIR_SHARE)[1]
+
+
 def soften(picture: torch.Tensor, sigma: float) -> torch.Tensor:
     """A (3, H, W) picture blurred by a Gaussian of ``sigma`` pixels: soft edges, as a decoder draws them."""
     taps = torch.arange(-3, 4, dtype=torch.float32)

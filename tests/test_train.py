@@ -107,9 +107,10 @@ def test_two_processes_with_torchrun(tmp_path):
 
 def test_the_latent_pool_holds_each_pictures_posterior_and_caption(tmp_path):
     trainer = Trainer(Settings.quick(tmp_path))
-    pool = LatentPool(trainer.vae, lambda i: 1000 + i, 6, trainer.device, chunk=4)
+    pool = LatentPool(trainer.vae, lambda i: 1000 + i, 6, trainer.device, pair_share=0.0, chunk=4)
     assert pool.moments.shape == (6, 8, 16, 16)
-    assert pool.captions == shapes.batch(1000, 4)[1] + shapes.batch(1001, 2)[1]
+    assert pool.captions == shapes.batch(1000, 4, pair_share=0.0)[1] + shapes.batch(1001, 2, pair_share=0.0)[1]
+    assert all(sum(c.count(s) for s in shapes.SHAPES) == 1 for c in pool.captions)  # one shape in each
     z0, captions = pool.sample(5, torch.Generator().manual_seed(0))
     index = torch.randint(6, (5,), generator=torch.Generator().manual_seed(0))
     assert captions == [pool.captions[i] for i in index]
