@@ -482,12 +482,9 @@ class Trainer:
         self.text_encoder.load_state_dict(self.ema["text_encoder"].shadow)
         self.unet.load_state_dict(self.ema["unet"].shadow)
         write_model_folder(folder, self.tokenizer, self.text_encoder, self.unet, self.vae, torch.float16)
+        settings = {name: getattr(self.s, name) for name in Settings.__dataclass_fields__ if name != "out"}
         meta = {
-            "seed": self.s.seed,
-            "vae_steps": self.s.vae_steps,
-            "unet_steps": self.s.unet_steps,
-            "decoder_steps": self.s.decoder_steps,
-            "batch": self.s.batch,
+            **settings,  # every setting, so that a folder tells how it was trained
             "world_size": self.world,
             "device": str(self.device),
             "train_seconds": round(self.seconds, 1),
