@@ -27,7 +27,7 @@ COLOURS = {"red": 0, "orange": 30, "yellow": 55, "green": 120, "blue": 225, "pur
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": (0.19, 0.23), "large": (0.36, 0.42)}  # the shape's width, as a fraction of the picture's
 PAIR_SIZE = (0.26, 0.32)
-PAIR_SHARE = 0.4  # of the world's pictures, the share that holds two shapes (the rest hold one)
+PAIR_SHARE = 0.4  # the chance that a scene holds two shapes (see random_scene)
 POSITIONS = {  # the shape's centre (x, y), fractions of the picture, as a person reads the words
     "on the left": (0.25, 0.5),
     "on the right": (0.75, 0.5),

@@ -237,7 +237,15 @@ class LatentPool:
     minutes, and each step then draws a fresh z ~ q(z|x) for pictures picked from the pool.
     """
 
-    def __init__(self, vae: AutoencoderKL, seeds, n: int, device: torch.device, pair_share: float, chunk: int = 256):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        seeds,
+        n: int,
+        device: torch.device,
+        pair_share: float = shapes.PAIR_SHARE,
+        chunk: int = 256,
+    ):
         moments, self.captions = [], []
         with torch.no_grad(), autocast(device):
             for i in range(math.ceil(n / chunk)):
