@@ -490,7 +490,8 @@ class Trainer:
         self.text_encoder.load_state_dict(self.ema["text_encoder"].shadow)
         self.unet.load_state_dict(self.ema["unet"].shadow)
         write_model_folder(folder, self.tokenizer, self.text_encoder, self.unet, self.vae, torch.float16)
-        settings = {name: getattr(self.s, name) for name in Settings.__dataclass_fields__ if name != "out"}
+        settings = dataclasses.asdict(self.s)
+        del settings["out"]
         meta = {
             **settings,  # every setting, so that a folder tells how it was trained
             "world_size": self.world,
