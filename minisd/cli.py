@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the model, its training state and loss curves")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, help="VAE training steps (default 1500)")
-    p.add_argument("--unet-steps", type=int, help="text encoder + UNet training steps (default 3200)")
+    p.add_argument("--unet-steps", type=int, help="text encoder + UNet training steps (default 4400)")
     p.add_argument("--decoder-steps", type=int, help="steps of the VAE decoder's fine-tune (default 600)")
     p.add_argument("--quick", action="store_true", help="a few steps at a small batch: a smoke test")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
