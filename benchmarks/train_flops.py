@@ -34,8 +34,8 @@ def main() -> None:
         parser.add_argument(f"--{phase}-steps", type=int, help=f"default: Settings.{phase}_steps")
     parser.add_argument("--gflops", type=float, help="a machine's sustained rate, for the minutes it implies")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as out:
-        steps = {f"{k}_steps": v for k in ("vae", "unet", "decoder") if (v := getattr(args, f"{k}_steps"))}
+    steps = {f"{k}_steps": v for k in ("vae", "unet", "decoder") if (v := getattr(args, f"{k}_steps")) is not None}
+    with tempfile.TemporaryDirectory() as out:  # the networks only: nothing is written there
         s = Settings(Path(out), **steps)
         trainer = Trainer(s)
     x, _ = shapes.batch(0, s.vae_batch)  # (32, 3, 64, 64)
