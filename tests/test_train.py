@@ -211,3 +211,14 @@ def test_the_eps_loss_weights_each_sample_by_one_minus_alpha_bar():
     expected = ((1 - scheduler.alphas_cumprod[t]) * noise.pow(2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(loss, expected)
     assert (t >= 700).sum() >= 3  # half of the timesteps come from the high-noise end
+
+
+def test_the_cli_help_names_the_settings_defaults():
+    """`minisd train --help` writes the step defaults out (the CLI does not import the trainer); they must be
+    Settings' own."""
+    from minisd.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    for name in ("vae_steps", "unet_steps", "decoder_steps"):
+        assert helps[name].endswith(f"(default {Settings.__dataclass_fields__[name].default})"), helps[name]
