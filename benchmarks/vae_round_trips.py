@@ -32,21 +32,30 @@ def load_vae(path: Path) -> AutoencoderKL:
     return vae.eval()
 
 
+def header(first: list[str], noise: float) -> str:
+    """The table's head: the ``first`` columns, then ``row``'s."""
+    columns = [*first, "PSNR", "one shape: shape right", "two shapes: both right", f"the same, noise {noise}"]
+    return "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
+
+
+def row(vae: AutoencoderKL, seeds: int, noise: float) -> str:
+    """A VAE's table cells: PSNR, then the shapes read right after round trips without and with latent noise."""
+    cells = []
+    for n in (0.0, noise):
+        hits = round_trips(vae, seeds, n)
+        cells += [f"{100 * sum(hits[k]) / len(hits[k]):.1f}%" for k in ("single shape", "pair both")]
+    return f"{vae_psnr(vae):.2f} dB | {cells[0]} | {cells[1]} | {cells[2]} / {cells[3]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="model folders or train_state.pt files")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--noise", type=float, default=0.2, help="latent noise, in units of the latents' spread")
     args = parser.parse_args()
-    print(f"| VAE | PSNR | one shape: shape right | two shapes: both right | the same, noise {args.noise} |")
-    print("|---|---|---|---|---|")
+    print(header(["VAE"], args.noise))
     for path in args.paths:
-        vae = load_vae(path)
-        cells = []
-        for noise in (0.0, args.noise):
-            hits = round_trips(vae, args.seeds, noise)
-            cells += [f"{100 * sum(hits[k]) / len(hits[k]):.1f}%" for k in ("single shape", "pair both")]
-        print(f"| {path} | {vae_psnr(vae):.2f} dB | {cells[0]} | {cells[1]} | {cells[2]} / {cells[3]} |", flush=True)
+        print(f"| {path} | {row(load_vae(path), args.seeds, args.noise)} |", flush=True)
 
 
 if __name__ == "__main__":
