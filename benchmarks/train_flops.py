@@ -28,6 +28,14 @@ def flops_of(step) -> int:
     return counter.get_total_flops()
 
 
+def vae_step_flops(trainer: Trainer) -> int:
+    """FLOPs of one step of the VAE phase at the recipe's batch, forward and backward."""
+    s = trainer.s
+    x, _ = shapes.batch(0, s.vae_batch)  # (32, 3, 64, 64)
+    loss = VAELoss(trainer.vae, s.kl_weight, s.vae_edge_weight)
+    return flops_of(lambda: loss(x, torch.Generator().manual_seed(0)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for phase in ("vae", "unet", "decoder"):
@@ -38,9 +46,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:  # the networks only: nothing is written there
         s = Settings(Path(out), **steps)
         trainer = Trainer(s)
+    vae_step = vae_step_flops(trainer)
     x, _ = shapes.batch(0, s.vae_batch)  # (32, 3, 64, 64)
     generator = torch.Generator().manual_seed(0)
-    vae_step = flops_of(lambda: VAELoss(trainer.vae, s.kl_weight, s.vae_edge_weight)(x, generator))
     trainer.vae.requires_grad_(False)
     pool = LatentPool(trainer.vae, lambda i: i, s.batch, trainer.device)
     z0, captions = pool.sample(s.batch, generator)  # (64, 4, 16, 16)

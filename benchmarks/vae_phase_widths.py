@@ -5,9 +5,9 @@ against the hour.
 
 Each argument is a VAE's ``block_out_channels``: three levels down-sample ×4 (the shipped 32,64,128), four ×8.
 Each VAE is trained by the recipe's VAE phase alone (``Trainer.train_vae``: seed 0, the recipe's settings, only the
-widths replaced), its scaling factor measured as the recipe does, and then read as ``benchmarks/vae_round_trips.py``
-reads a VAE. Printed per VAE: the phase's minutes on this machine, the arithmetic of one of its steps
-(``benchmarks/train_flops.py``'s count), and the round trips' row. Nothing is written.
+widths replaced), then read as ``benchmarks/vae_round_trips.py`` reads a VAE. Printed per VAE: the phase's minutes
+on this machine, the arithmetic of one of its steps (``benchmarks/train_flops.py``'s count), and the round trips'
+row. Nothing is written.
 """
 
 import argparse
@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import torch
-from train_flops import flops_of
+from train_flops import vae_step_flops
 from vae_round_trips import header, row
 
-from minisd import shapes
 from minisd import train as recipe
-from minisd.train import Settings, Trainer, VAELoss
+from minisd.train import Settings, Trainer
 
 
 def trained_vae(channels: list[int], steps: int, out: Path) -> tuple[Trainer, float]:
@@ -39,17 +37,7 @@ def trained_vae(channels: list[int], steps: int, out: Path) -> tuple[Trainer, fl
         trainer = Trainer(Settings(out, vae_steps=steps))
     start = time.perf_counter()
     trainer.train_vae()
-    seconds = time.perf_counter() - start
-    trainer.vae.config.scaling_factor = trainer.measure_scaling_factor()
-    return trainer, seconds
-
-
-def step_gflop(trainer: Trainer) -> float:
-    """GFLOP of one VAE step at the recipe's batch, forward and backward."""
-    s = trainer.s
-    x, _ = shapes.batch(0, s.vae_batch)  # (32, 3, 64, 64)
-    loss = VAELoss(trainer.vae, s.kl_weight, s.vae_edge_weight)
-    return flops_of(lambda: loss(x, torch.Generator().manual_seed(0))) / 1e9
+    return trainer, time.perf_counter() - start
 
 
 def main() -> None:
@@ -64,7 +52,7 @@ def main() -> None:
         channels = [int(c) for c in widths.split(",")]
         with tempfile.TemporaryDirectory() as out:
             trainer, seconds = trained_vae(channels, args.steps, Path(out))
-        gflop = step_gflop(trainer)
+        gflop = vae_step_flops(trainer) / 1e9
         vae = trainer.vae.eval().requires_grad_(False)
         cells = row(vae, args.seeds, args.noise)
         print(f"| {widths}, {args.steps} steps | {seconds / 60:.1f} min | {gflop:.0f} | {cells} |", flush=True)
